@@ -1,0 +1,1 @@
+"""The online half: the FastAPI service, batching engine and session store."""

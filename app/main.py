@@ -1,0 +1,59 @@
+"""The app factory and the lifespan that owns the models and their engines."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import Depends, FastAPI
+
+from app.errors import ERROR_RESPONSES, install_error_handlers
+from app.metrics import Metrics, MetricsMiddleware
+from app.middleware import RequestGuardMiddleware
+from app.registry import load_models
+from app.routers import completions, fill, generate, models, playground, score, sessions, system
+from app.security import ApiKeys, authenticate
+from app.serving.sessions import open_sessions
+from app.settings import Settings
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Load every checkpoint and start its engine, open the session store; close all on shutdown."""
+    settings: Settings = app.state.settings
+    threads = torch.get_num_threads()
+    if settings.torch_threads:  # process-wide; restored on shutdown
+        torch.set_num_threads(settings.torch_threads)
+    registry = await asyncio.to_thread(load_models, settings, app.state.metrics)
+    registry.start()
+    app.state.models = registry
+    try:
+        async with open_sessions(settings, registry) as sessions:
+            app.state.sessions = sessions
+            yield
+    finally:
+        app.state.sessions = None
+        app.state.models = None
+        await asyncio.to_thread(registry.close)
+        torch.set_num_threads(threads)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service; nothing is loaded or connected until the lifespan runs."""
+    settings = settings or Settings()
+    app = FastAPI(title="rnnlm-service", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.state.models = None
+    app.state.sessions = None
+    app.state.api_keys = ApiKeys.parse(settings.api_keys.get_secret_value() if settings.api_keys else None)
+    install_error_handlers(app)
+    app.add_middleware(RequestGuardMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    for module in (models, generate, score, fill, completions, sessions):  # the API: a key when keys are set
+        app.include_router(module.router, dependencies=[Depends(authenticate)], responses=ERROR_RESPONSES)
+    for module in (system, playground):  # /health, /ready and the page stay open; /info and /metrics check keys
+        app.include_router(module.router)
+    return app

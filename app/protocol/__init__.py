@@ -1,0 +1,1 @@
+"""Request and response schemas (pydantic), one module per feature; no logic."""

@@ -1,0 +1,23 @@
+"""POST /v1/completions (OpenAI-compatible text completions)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from sse_starlette.sse import EventSourceResponse
+
+from app.dependencies import ModelsDep, SettingsDep
+from app.protocol.common import event_stream_response
+from app.protocol.completions import CompletionRequest, CompletionResponse
+from app.serving import completions as serving
+
+router = APIRouter(prefix="/v1", tags=["completions"])
+
+
+@router.post("/completions", response_model=CompletionResponse, responses=event_stream_response(None))
+async def completions(
+    body: CompletionRequest, models: ModelsDep, settings: SettingsDep
+) -> CompletionResponse | EventSourceResponse:
+    prepared = serving.prepare_completion(models, settings, body)
+    if body.stream:
+        return EventSourceResponse(serving.stream_completion(prepared))
+    return await serving.complete(prepared)

@@ -1,0 +1,16 @@
+"""POST /v1/fill."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.dependencies import ModelsDep, SettingsDep
+from app.protocol.fill import FillRequest, FillResponse
+from app.serving import fill as serving
+
+router = APIRouter(prefix="/v1", tags=["fill"])
+
+
+@router.post("/fill")
+async def fill(body: FillRequest, models: ModelsDep, settings: SettingsDep) -> FillResponse:
+    return await serving.fill(models, settings, body)

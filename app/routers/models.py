@@ -1,0 +1,26 @@
+"""GET /v1/models, POST /v1/tokenize and /v1/detokenize."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.dependencies import ModelsDep, SettingsDep
+from app.protocol.models import DetokenizeRequest, DetokenizeResponse, ModelList, TokenizeRequest, TokenizeResponse
+from app.serving import models as serving
+
+router = APIRouter(prefix="/v1", tags=["models"])
+
+
+@router.get("/models")
+def list_models(models: ModelsDep) -> ModelList:
+    return serving.list_models(models)
+
+
+@router.post("/tokenize")
+def tokenize(body: TokenizeRequest, models: ModelsDep, settings: SettingsDep) -> TokenizeResponse:
+    return serving.tokenize(models, settings, body)
+
+
+@router.post("/detokenize")
+def detokenize(body: DetokenizeRequest, models: ModelsDep, settings: SettingsDep) -> DetokenizeResponse:
+    return serving.detokenize(models, settings, body)

@@ -1,0 +1,79 @@
+"""/v1/sessions: create, feed, generate (whole or streamed), next-token, fork, inspect, end."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+from sse_starlette.sse import EventSourceResponse
+
+from app.dependencies import SessionsDep
+from app.protocol.common import event_stream_response
+from app.protocol.sessions import (
+    SessionCreateRequest,
+    SessionFeedRequest,
+    SessionFeedResponse,
+    SessionForkRequest,
+    SessionGenerateRequest,
+    SessionGenerateResponse,
+    SessionInfo,
+    SessionNextTokenResponse,
+)
+from app.security import CallerDep
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+
+
+@router.post("", status_code=201)
+async def create_session(body: SessionCreateRequest, sessions: SessionsDep, caller: CallerDep) -> SessionInfo:
+    return await sessions.create(body, owner=caller)
+
+
+@router.get("/{session_id}")
+async def get_session(session_id: str, sessions: SessionsDep, caller: CallerDep) -> SessionInfo:
+    return await sessions.get(session_id, owner=caller)
+
+
+@router.delete("/{session_id}", status_code=204)
+async def delete_session(session_id: str, sessions: SessionsDep, caller: CallerDep) -> Response:
+    await sessions.delete(session_id, owner=caller)
+    return Response(status_code=204)
+
+
+@router.post("/{session_id}/feed")
+async def feed(
+    session_id: str, body: SessionFeedRequest, sessions: SessionsDep, caller: CallerDep
+) -> SessionFeedResponse:
+    return await sessions.feed(session_id, body, owner=caller)
+
+
+@router.post(
+    "/{session_id}/generate",
+    response_model=SessionGenerateResponse,
+    responses=event_stream_response(["token", "done", "error"]),
+)
+async def generate(
+    session_id: str, body: SessionGenerateRequest, sessions: SessionsDep, caller: CallerDep
+) -> SessionGenerateResponse | EventSourceResponse:
+    prepared = await sessions.start_generation(session_id, body, owner=caller)  # 404/409/429 before a stream opens
+    if body.stream:
+        return EventSourceResponse(sessions.stream_generate(prepared))
+    return await sessions.generate(prepared)
+
+
+@router.get("/{session_id}/next-token")
+async def next_token(
+    session_id: str,
+    sessions: SessionsDep,
+    caller: CallerDep,
+    top_k: Annotated[int, Query(ge=0, description="entries to return, most likely first; 0 = all")] = 10,
+    model: Annotated[str | None, Query(description="409 unless the session belongs to this model")] = None,
+) -> SessionNextTokenResponse:
+    return await sessions.next_token(session_id, top_k or None, model, owner=caller)
+
+
+@router.post("/{session_id}/fork", status_code=201)
+async def fork(
+    session_id: str, sessions: SessionsDep, caller: CallerDep, body: SessionForkRequest | None = None
+) -> SessionInfo:
+    return await sessions.fork(session_id, body or SessionForkRequest(), owner=caller)

@@ -1,0 +1,142 @@
+"""Generation (whole or streamed) and the next-token distribution, from the start of a line."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from app.engine import EngineClosed, Generation, GenerationSettings, NextTokenResult, TokenEvent
+from app.protocol.common import TokenLogprob, Usage
+from app.protocol.generate import (
+    GeneratedToken,
+    GenerateRequest,
+    GenerateResponse,
+    NextTokenRequest,
+    NextTokenResponse,
+    StreamDone,
+    TokenProbability,
+)
+from app.registry import ModelRegistry, ServedModel
+from app.serving.limits import check_text, check_top_k
+from app.serving.sampling import generation_settings
+from app.settings import Settings
+from model.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class PreparedGeneration:
+    """A checked request, ready for the engine."""
+
+    served: ServedModel
+    prompt_ids: list[int]
+    settings: GenerationSettings
+
+    def start(self) -> Generation:
+        """Admit the sequence to the engine (raises EngineBusy when it is full)."""
+        engine = self.served.engine
+        return engine.generate(engine.fresh(), self.settings, self.prompt_ids)
+
+    def usage(self, completion_tokens: int) -> Usage:
+        prompt_tokens = len(self.prompt_ids)
+        return Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )
+
+
+def prepare_generation(models: ModelRegistry, settings: Settings, request: GenerateRequest) -> PreparedGeneration:
+    served = models.get(request.model)
+    check_text(settings, request.prompt, "prompt")
+    prompt_ids = served.checkpoint.tokenizer.encode(request.prompt).ids
+    return PreparedGeneration(served, prompt_ids, generation_settings(settings, served, request, prompt_ids))
+
+
+def generated_token(tokenizer: Tokenizer, event: TokenEvent) -> GeneratedToken:
+    top = None
+    if event.top:
+        top = [TokenLogprob(id=i, token=tokenizer.tokens[i], logprob=lp) for i, lp in event.top]
+    return GeneratedToken(
+        id=event.token_id, token=event.piece, text=event.text, logprob=event.logprob, top_logprobs=top
+    )
+
+
+async def generate(prepared: PreparedGeneration) -> GenerateResponse:
+    tokenizer = prepared.served.checkpoint.tokenizer
+    async with prepared.start() as generation:
+        events, result = await generation.collect()
+    return GenerateResponse(
+        model=prepared.served.id,
+        text="".join(event.text for event in events),
+        finish_reason=result.finish_reason,
+        tokens=[generated_token(tokenizer, event) for event in events],
+        usage=prepared.usage(len(result.token_ids)),
+    )
+
+
+async def stream_generate(prepared: PreparedGeneration, generation: Generation) -> AsyncIterator[dict[str, Any]]:
+    """SSE events: `token` per generated token, then `done` (or `error`); leaving early cancels."""
+    tokenizer = prepared.served.checkpoint.tokenizer
+    async with generation:
+        try:
+            async for event in generation:
+                yield {"event": "token", "data": generated_token(tokenizer, event).model_dump_json()}
+        except EngineClosed as exc:
+            yield {"event": "error", "data": _error_json("unavailable", str(exc))}
+            return
+        result = generation.result
+        assert result is not None
+        done = StreamDone(
+            model=prepared.served.id, finish_reason=result.finish_reason, usage=prepared.usage(len(result.token_ids))
+        )
+        yield {"event": "done", "data": done.model_dump_json()}
+
+
+def _error_json(error_type: str, message: str) -> str:
+    return json.dumps({"error": {"type": error_type, "message": message}})
+
+
+async def next_token(models: ModelRegistry, settings: Settings, request: NextTokenRequest) -> NextTokenResponse:
+    served = models.get(request.model)
+    tokenizer = served.checkpoint.tokenizer
+    check_text(settings, request.context, "context")
+    check_top_k(tokenizer, request.top_k, served.id)
+    ids = tokenizer.encode(request.context).ids
+    result = await served.engine.next_token(served.engine.fresh(), ids)
+    return next_token_response(served, result, len(ids), request.top_k)
+
+
+def next_token_response(
+    served: ServedModel, result: NextTokenResult, context_tokens: int, top_k: int | None
+) -> NextTokenResponse:
+    """The `top_k` most likely next tokens (all when None) and the entropy, from the engine's answer."""
+    tokenizer = served.checkpoint.tokenizer
+    logprobs = result.logprobs.double()  # (V,)
+    probs = logprobs.exp()
+    entropy = float(-torch.special.xlogy(probs, probs).sum())
+    count = top_k or tokenizer.vocab_size
+    top_probs, top_ids = torch.topk(probs, count)
+    previous = result.end.pending  # the context's last token (or the start-of-line token)
+    top = [
+        TokenProbability(
+            id=int(i),
+            token=tokenizer.tokens[int(i)],
+            text=tokenizer.piece(int(i), previous),
+            prob=float(p),
+            logprob=max(float(logprobs[int(i)]), -1e30),
+        )
+        for p, i in zip(top_probs, top_ids, strict=True)
+    ]
+    return NextTokenResponse(
+        model=served.id,
+        context_tokens=context_tokens,
+        top=top,
+        top_mass=float(top_probs.sum()),
+        entropy=entropy,
+        entropy_bits=entropy / math.log(2),
+    )

@@ -1,0 +1,39 @@
+"""Request sampling fields -> the engine's GenerationSettings, checked against the limits."""
+
+from __future__ import annotations
+
+from app.engine import GenerationSettings
+from app.protocol.common import SamplingFields
+from app.registry import ServedModel
+from app.serving.limits import check_logprobs, check_max_tokens, check_top_k, stop_strings
+from app.settings import Settings
+from model.inference import SamplingParams
+from model.tokenizer import WordTokenizer
+
+
+def generation_settings(
+    settings: Settings, served: ServedModel, fields: SamplingFields, history: list[int]
+) -> GenerationSettings:
+    """`history` (usually the prompt's ids) seeds the repetition penalty."""
+    tokenizer = served.checkpoint.tokenizer
+    default = min(settings.default_max_tokens, settings.max_tokens_limit)
+    max_tokens = default if fields.max_tokens is None else fields.max_tokens
+    check_max_tokens(settings, max_tokens)
+    check_logprobs(settings, fields.logprobs)
+    check_top_k(tokenizer, fields.top_k, served.id)
+    # Only word models have an end-of-text token; a char model's "\n" is ordinary text (use stop=["\n"]).
+    eos_id = tokenizer.eos_id if isinstance(tokenizer, WordTokenizer) and fields.stop_at_eos else None
+    return GenerationSettings(
+        max_tokens=max_tokens,
+        sampling=SamplingParams(
+            temperature=fields.temperature,
+            top_k=fields.top_k,
+            top_p=fields.top_p,
+            repetition_penalty=fields.repetition_penalty,
+        ),
+        seed=fields.seed,
+        stop=stop_strings(settings, fields.stop),
+        eos_id=eos_id,
+        top_logprobs=fields.logprobs,
+        history=tuple(history),
+    )

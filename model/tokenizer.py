@@ -1,0 +1,187 @@
+"""Character- and word-level tokenizers, serialised to a JSON dict inside the checkpoint.
+
+Both map unknown input to `<unk>` and report it rather than failing. Both know a
+*boundary* token: the token that ends a line (`<eos>` for words, `"\\n"` for
+characters). A fresh state is primed with it, so the first token of a text is
+conditioned on "start of line", as during training (KenLM's `<s>`).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+UNK = "<unk>"
+EOS = "<eos>"
+TOKENIZER_FORMAT_VERSION = 1
+
+TokenizerKind = Literal["char", "word"]
+
+
+class TokenizerError(ValueError):
+    """A tokenizer file or dict that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """Token ids of a text, with the surface form of each and whether it was unknown."""
+
+    ids: list[int]
+    tokens: list[str]
+    unknown: list[bool]
+
+
+def normalize(text: str) -> str:
+    """NFC, so a precomposed and a decomposed Hangul syllable are the same token."""
+    return unicodedata.normalize("NFC", text)
+
+
+class Tokenizer:
+    """Shared vocabulary bookkeeping for both kinds."""
+
+    kind: TokenizerKind
+
+    def __init__(self, tokens: list[str]) -> None:
+        if len(set(tokens)) != len(tokens):
+            raise TokenizerError("vocabulary has duplicate tokens")
+        if UNK not in tokens:
+            raise TokenizerError(f"vocabulary lacks {UNK}")
+        self.tokens = tokens
+        self.index = {token: i for i, token in enumerate(tokens)}
+        self.unk_id = self.index[UNK]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def boundary_id(self) -> int:
+        """The end-of-line token, also used to prime a fresh state."""
+        raise NotImplementedError
+
+    def split(self, text: str) -> list[str]:
+        """Surface tokens of `text` (after normalisation)."""
+        raise NotImplementedError
+
+    def encode(self, text: str) -> Encoding:
+        tokens = self.split(text)
+        ids = [self.index.get(token, self.unk_id) for token in tokens]
+        unknown = [i == self.unk_id for i in ids]
+        return Encoding(ids=ids, tokens=tokens, unknown=unknown)
+
+    def piece(self, token_id: int, previous_id: int | None) -> str:
+        """Text that `token_id` adds after `previous_id` (None at the start of a text)."""
+        raise NotImplementedError
+
+    def decode(self, ids: Iterable[int], previous_id: int | None = None) -> str:
+        pieces = []
+        for token_id in ids:
+            pieces.append(self.piece(token_id, previous_id))
+            previous_id = token_id
+        return "".join(pieces)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format_version": TOKENIZER_FORMAT_VERSION, "kind": self.kind, "tokens": self.tokens}
+
+    def check_id(self, token_id: int) -> None:
+        if not 0 <= token_id < self.vocab_size:
+            raise TokenizerError(f"token id {token_id} is outside the vocabulary (0..{self.vocab_size - 1})")
+
+
+class CharTokenizer(Tokenizer):
+    """Unicode code points after NFC normalisation; `<unk>` for unseen characters."""
+
+    kind: TokenizerKind = "char"
+
+    @classmethod
+    def build(cls, text: str, max_size: int | None = None, min_freq: int = 1) -> CharTokenizer:
+        counts = Counter(normalize(text))
+        return cls([UNK, *_select_vocabulary(counts, max_size, min_freq, reserved=1)])
+
+    @property
+    def boundary_id(self) -> int:
+        return self.index.get("\n", self.unk_id)
+
+    def split(self, text: str) -> list[str]:
+        return list(normalize(text))
+
+    def piece(self, token_id: int, previous_id: int | None) -> str:
+        self.check_id(token_id)
+        return "\ufffd" if token_id == self.unk_id else self.tokens[token_id]
+
+
+class WordTokenizer(Tokenizer):
+    """Whitespace tokens; each line break is `<eos>` (the PTB/WikiText convention)."""
+
+    kind: TokenizerKind = "word"
+
+    def __init__(self, tokens: list[str], lowercase: bool = False) -> None:
+        super().__init__(tokens)
+        if EOS not in self.index:
+            raise TokenizerError(f"vocabulary lacks {EOS}")
+        self.eos_id = self.index[EOS]
+        self.lowercase = lowercase
+
+    @classmethod
+    def build(cls, text: str, max_size: int | None = None, min_freq: int = 1, lowercase: bool = False) -> WordTokenizer:
+        probe = cls([UNK, EOS], lowercase=lowercase)
+        counts = Counter(token for token in probe.split(text) if token not in (UNK, EOS))
+        return cls([UNK, EOS, *_select_vocabulary(counts, max_size, min_freq, reserved=2)], lowercase)
+
+    @property
+    def boundary_id(self) -> int:
+        return self.eos_id
+
+    def split(self, text: str) -> list[str]:
+        text = normalize(text)
+        if self.lowercase:
+            text = text.lower()
+        tokens: list[str] = []
+        lines = text.split("\n")
+        for number, line in enumerate(lines):
+            tokens.extend(line.split())
+            if number < len(lines) - 1:  # a line break, not the text's unfinished last line
+                tokens.append(EOS)
+        return tokens
+
+    def piece(self, token_id: int, previous_id: int | None) -> str:
+        self.check_id(token_id)
+        if token_id == self.eos_id:
+            return "\n"
+        word = self.tokens[token_id]
+        at_line_start = previous_id is None or previous_id == self.eos_id
+        return word if at_line_start else " " + word
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "lowercase": self.lowercase}
+
+
+def _select_vocabulary(counts: Counter[str], max_size: int | None, min_freq: int, reserved: int) -> list[str]:
+    """Most frequent first (ties alphabetical), cut by `min_freq` and `max_size` (specials included)."""
+    ranked = sorted(
+        (token for token, n in counts.items() if n >= min_freq and token != UNK), key=lambda t: (-counts[t], t)
+    )
+    if max_size is not None:
+        ranked = ranked[: max(0, max_size - reserved)]
+    return ranked
+
+
+def tokenizer_from_dict(data: dict[str, Any]) -> Tokenizer:
+    """Rebuild a tokenizer from `to_dict()` output; raise TokenizerError on anything odd."""
+    if not isinstance(data, dict):
+        raise TokenizerError("expected a JSON object")
+    version = data.get("format_version")
+    if version != TOKENIZER_FORMAT_VERSION:
+        raise TokenizerError(f"unsupported tokenizer format_version {version!r} (expected {TOKENIZER_FORMAT_VERSION})")
+    tokens = data.get("tokens")
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise TokenizerError("'tokens' must be a list of strings")
+    kind = data.get("kind")
+    if kind == "char":
+        return CharTokenizer(tokens)
+    if kind == "word":
+        return WordTokenizer(tokens, lowercase=bool(data.get("lowercase", False)))
+    raise TokenizerError(f"unknown tokenizer kind {kind!r} (expected 'char' or 'word')")

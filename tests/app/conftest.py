@@ -1,0 +1,54 @@
+"""Fixtures for the service tests: tiny checkpoints on disk, the app with its lifespan, a client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.main import create_app
+from app.settings import Settings
+from tests.factories import make_checkpoint
+
+ClientFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A char model (the default: first by name) and a word model."""
+    root = tmp_path_factory.mktemp("models")
+    make_checkpoint(root / "char", level="char", cell="lstm", seed=1)
+    make_checkpoint(root / "word", level="word", cell="gru", seed=2)
+    return root
+
+
+@asynccontextmanager
+async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """Run the app's lifespan for real and talk to it over ASGI."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
+            yield client
+
+
+@pytest.fixture
+def make_client(models_dir: Path, redis_url: str) -> ClientFactory:
+    """`async with make_client(max_text_chars=10) as client:` — an app with these settings."""
+
+    def factory(**overrides: Any) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+        # One torch thread: tiny models, and a CPU shared with the rest of the suite.
+        settings = Settings(**{"models_dir": models_dir, "redis_url": redis_url, "torch_threads": 1, **overrides})
+        return running(create_app(settings))
+
+    return factory
+
+
+@pytest.fixture
+async def client(make_client: ClientFactory) -> AsyncIterator[httpx.AsyncClient]:
+    async with make_client() as c:
+        yield c

@@ -1,0 +1,98 @@
+"""Health, readiness, info, metrics, the model list, and a client that walks away mid-stream."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from app.main import create_app
+from app.settings import Settings
+from tests.app.sse import parse_sse
+
+
+async def test_health_ready_info(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/health")).json() == {"status": "ok"}
+    ready = await client.get("/ready")
+    assert ready.status_code == 200 and ready.json()["checks"]["models"] is True
+    info = (await client.get("/info")).json()
+    assert info["default_model"] == "char" and info["models"] == ["char", "word"]
+
+
+async def test_models_list(client: httpx.AsyncClient) -> None:
+    body = (await client.get("/v1/models")).json()
+    assert body["object"] == "list"
+    cards = {card["id"]: card for card in body["data"]}
+    assert cards["char"]["level"] == "char" and cards["char"]["default"] is True
+    assert cards["word"]["level"] == "word" and cards["word"]["cell"] == "gru"
+    assert cards["word"]["vocab_size"] > 5 and cards["word"]["device"] == "cpu"
+    assert cards["char"]["training"]["corpus"] == "tiny"
+
+
+async def test_default_model_setting(make_client: object) -> None:
+    async with make_client(default_model="word") as client:  # type: ignore[operator]
+        assert (await client.post("/v1/generate", json={"max_tokens": 1})).json()["model"] == "word"
+
+
+async def test_metrics_count_requests_tokens_and_batches(client: httpx.AsyncClient) -> None:
+    await client.post("/v1/generate", json={"max_tokens": 7, "seed": 1})
+    text = (await client.get("/metrics")).text
+    assert 'rnnlm_requests_total{method="POST",route="/v1/generate",status="200"} 1.0' in text
+    assert 'rnnlm_tokens_generated_total{model="char"} 7.0' in text
+    assert re.search(r'rnnlm_batch_size_count\{model="char"\} [1-9]', text)
+    assert 'rnnlm_request_seconds_count{method="POST",route="/v1/generate"} 1.0' in text
+    assert 'rnnlm_active_sequences{model="char"} 0.0' in text
+
+
+@pytest.fixture
+async def live_url(models_dir: Path, redis_url: str) -> AsyncIterator[str]:
+    """The app behind a real uvicorn on a free loopback port, in this event loop."""
+    app = create_app(Settings(models_dir=models_dir, redis_url=redis_url, torch_threads=1, max_tokens_limit=100_000))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        assert not task.done(), "uvicorn did not start"
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await task
+
+
+async def active_sequences(client: httpx.AsyncClient) -> float:
+    text = (await client.get("/metrics")).text
+    match = re.search(r'rnnlm_active_sequences\{model="char"\} ([0-9.]+)', text)
+    return float(match.group(1)) if match else 0.0
+
+
+async def test_a_client_that_disconnects_stops_its_generation(live_url: str) -> None:
+    async with httpx.AsyncClient(base_url=live_url, timeout=30) as client:
+        request = {"max_tokens": 100_000, "stream": True, "seed": 1}
+        async with client.stream("POST", "/v1/generate", json=request) as response:
+            assert response.status_code == 200
+            received = ""
+            async for chunk in response.aiter_text():
+                received += chunk
+                if received.count("event: token") >= 3:
+                    break
+        assert [event for event, _ in parse_sse(received)][:3] == ["token"] * 3
+        for _ in range(300):
+            if await active_sequences(client) == 0.0:
+                break
+            await asyncio.sleep(0.01)
+        assert await active_sequences(client) == 0.0
+        before = await tokens_generated(client)
+        await asyncio.sleep(0.3)
+        assert await tokens_generated(client) == before < 100_000  # nothing is generated for nobody
+
+
+async def tokens_generated(client: httpx.AsyncClient) -> float:
+    text = (await client.get("/metrics")).text
+    match = re.search(r'rnnlm_tokens_generated_total\{model="char"\} ([0-9.]+)', text)
+    assert match is not None
+    return float(match.group(1))

@@ -1,0 +1,177 @@
+"""The README tells the truth: its curl examples run, cover every endpoint, and its settings exist.
+
+Every `curl` line in the README's code blocks is parsed (method, path, JSON body) and
+sent, in order, to the app over ASGI with tiny models named like the quickstart's; all
+must succeed. `$S` (or any `$NAME`) in a path is the session the last
+`POST /v1/sessions` example created. The configuration table must list every server
+setting with its real default, and every `RNNLM_` name the README mentions must exist.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.main import create_app
+from app.quickstart import QuickstartSettings
+from app.settings import Settings
+from tests.factories import make_checkpoint
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+URL = re.compile(r"^(?:https?://)?(?:localhost|127\.0\.0\.1):\d+(/[^\s]*)$")
+VARIABLE = re.compile(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?")
+# RNNLM_ names that are not server settings: read by the trainer, the quickstart and the tests.
+OTHER_VARIABLES = {"RNNLM_DATA_DIR", "RNNLM_TEST_REDIS_URL"} | {
+    f"RNNLM_QUICKSTART_{name.upper()}" for name in QuickstartSettings.model_fields
+}
+
+
+@dataclass(frozen=True)
+class CurlExample:
+    line: int
+    method: str
+    path: str  # may hold $S
+    body: Any
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.method} {self.path}"
+
+
+def code_blocks(text: str) -> list[tuple[int, str]]:
+    """(first line number, text) of each fenced ```sh / ```bash / ```console block."""
+    blocks = []
+    for match in re.finditer(r"^```(?:sh|bash|console)\n(.*?)^```", text, flags=re.S | re.M):
+        blocks.append((text.count("\n", 0, match.start(1)) + 1, match.group(1)))
+    return blocks
+
+
+def curl_examples(text: str) -> list[CurlExample]:
+    """The curl commands of the README's shell code blocks."""
+    examples = []
+    for first_line, block in code_blocks(text):
+        examples += curl_commands(block, first_line)
+    return examples
+
+
+def curl_commands(text: str, first_line: int = 1) -> list[CurlExample]:
+    """Every `curl` command line in `text` (backslash continuations joined)."""
+    commands = []
+    logical, start = "", 0
+    for offset, raw in enumerate(text.splitlines()):
+        if not logical:
+            start = first_line + offset
+        logical += raw
+        if raw.endswith("\\"):
+            logical = logical[:-1] + " "
+            continue
+        words = shlex.split(logical, comments=True)
+        logical = ""
+        if words and words[0] == "curl":
+            commands.append(parse_curl(words, start))
+    return commands
+
+
+def parse_curl(words: list[str], line: int) -> CurlExample:
+    method, path, body = None, None, None
+    arguments = iter(words[1:])
+    for word in arguments:
+        if word in ("-X", "--request"):
+            method = next(arguments)
+        elif word in ("-d", "--data", "--data-raw"):
+            text = next(arguments)
+            try:
+                body = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise AssertionError(f"line {line}: the body is not JSON ({exc}): {text}") from exc
+        elif word in ("-H", "--header"):
+            next(arguments)
+        elif match := URL.match(word):
+            path = match.group(1)
+    assert path is not None, f"line {line}: no http://localhost:PORT/... address in {words}"
+    return CurlExample(line, method or ("POST" if body is not None else "GET"), path, body)
+
+
+def documented_settings(text: str) -> dict[str, str]:
+    """{RNNLM_NAME: default cell} from the README's configuration table rows."""
+    rows = re.findall(r"^\| `(RNNLM_[A-Z0-9_]+)` \| ([^|]*) \|", text, flags=re.M)
+    return {name: default.strip().strip("`") for name, default in rows}
+
+
+@pytest.fixture(scope="module")
+def readme() -> str:
+    return README.read_text(encoding="utf-8")
+
+
+@pytest.fixture
+async def client(tmp_path: Path, redis_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with models named as `make serve` names them (tiny and random here)."""
+    make_checkpoint(tmp_path / "char-shakespeare-quick", level="char", cell="lstm", seed=1)
+    make_checkpoint(tmp_path / "word-ptb-quick", level="word", cell="lstm", seed=2)
+    app = create_app(Settings(models_dir=tmp_path, redis_url=redis_url))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost:8000", timeout=30) as c:
+            yield c
+
+
+async def run_examples(client: httpx.AsyncClient, examples: list[CurlExample]) -> None:
+    """Send each example in order; every one must succeed (a stream must be an event stream)."""
+    session: str | None = None
+    for example in examples:
+        path = example.path
+        if VARIABLE.search(path):
+            assert session is not None, f"{example}: no session was created by an example before it"
+            path = VARIABLE.sub(session, path)
+        response = await client.request(example.method, path, json=example.body)
+        assert response.is_success, f"{example} -> {response.status_code} {response.text[:500]}"
+        if isinstance(example.body, dict) and example.body.get("stream"):
+            assert response.headers["content-type"].startswith("text/event-stream"), str(example)
+            assert "data:" in response.text, str(example)
+        if example.method == "POST" and path == "/v1/sessions":
+            session = response.json()["id"]
+
+
+async def test_every_curl_example_succeeds(readme: str, client: httpx.AsyncClient) -> None:
+    examples = curl_examples(readme)
+    assert len(examples) >= 15
+    await run_examples(client, examples)
+
+
+def test_every_endpoint_has_a_curl_example(readme: str) -> None:
+    examples = curl_examples(readme)
+    # The API's operations as published in its schema (the playground page and its assets are not in it).
+    paths = create_app(Settings()).openapi()["paths"]
+    assert len(paths) >= 15, f"the schema lists only {sorted(paths)}"
+    missing = []
+    for path, operations in paths.items():
+        pattern = re.compile("^" + re.sub(r"\\\{[^}]*\\\}", "[^/]+", re.escape(path)) + "$")
+        for method in operations:
+            covered = any(
+                e.method == method.upper() and pattern.match(VARIABLE.sub("x", e.path.split("?")[0])) for e in examples
+            )
+            if not covered:
+                missing.append(f"{method.upper()} {path}")
+    assert not missing, f"no curl example in the README for {missing}"
+
+
+def test_configuration_table_lists_every_setting_with_its_default(readme: str) -> None:
+    table = documented_settings(readme)
+    for name, field in Settings.model_fields.items():
+        variable = f"RNNLM_{name.upper()}"
+        assert variable in table, f"README's configuration table lacks {variable}"
+        expected = "unset" if field.default is None else str(field.default)
+        assert table[variable] == expected, f"{variable}: README says {table[variable]!r}, the default is {expected!r}"
+
+
+def test_every_rnnlm_variable_the_readme_names_exists(readme: str) -> None:
+    known = {f"RNNLM_{name.upper()}" for name in Settings.model_fields} | OTHER_VARIABLES
+    named = set(re.findall(r"RNNLM_[A-Z0-9_]*[A-Z0-9]", readme))
+    assert named <= known, f"the README names settings that do not exist: {sorted(named - known)}"

@@ -1,0 +1,1 @@
+"""Offline training: datasets, batching, truncated BPTT, evaluation, checkpoints."""
