@@ -64,8 +64,15 @@ async function stream(path, body, onEvent, signal) {
       buffer = buffer.slice(end + 2);
       const event = parseEvent(block);
       if (event) onEvent(event.type, event.data);
+      // Several events can arrive in one network chunk (a busy machine, a proxy that
+      // buffers): give the page a turn between them so each token shows on its own.
+      if (buffer.includes("\n\n")) await nextTurn();
     }
   }
+}
+
+function nextTurn() {
+  return new Promise((resolve) => setTimeout(resolve, 0));
 }
 
 function parseEvent(block) {
