@@ -11,6 +11,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from app.main import create_app
+from app.registry import ModelsDirError, load_models
 from app.settings import Settings
 
 
@@ -32,7 +33,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rnnlm-serve: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
+    app = create_app(settings)
+    # Load the checkpoints before binding the port, so that a bad one stops the start with
+    # one line naming the file rather than a traceback from inside the lifespan.
+    try:
+        app.state.preloaded_models = load_models(settings, app.state.metrics)
+    except ModelsDirError as exc:
+        print(f"rnnlm-serve: cannot start: {exc}", file=sys.stderr)
+        return 1
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
     return 0
 
 

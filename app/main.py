@@ -26,7 +26,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     threads = torch.get_num_threads()
     if settings.torch_threads:  # process-wide; restored on shutdown
         torch.set_num_threads(settings.torch_threads)
-    registry = await asyncio.to_thread(load_models, settings, app.state.metrics)
+    registry = app.state.preloaded_models or await asyncio.to_thread(load_models, settings, app.state.metrics)
+    app.state.preloaded_models = None
     registry.start()
     app.state.models = registry
     try:
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.models = None
+    app.state.preloaded_models = None  # set by `rnnlm-serve`, which loads before it binds the port
     app.state.sessions = None
     app.state.api_keys = ApiKeys.parse(settings.api_keys.get_secret_value() if settings.api_keys else None)
     install_error_handlers(app)
