@@ -58,6 +58,13 @@ class Unavailable(ServiceError):
     error_type = "unavailable"
 
 
+class ClientGone(ServiceError):
+    """The client hung up before its answer was ready (nginx's 499); nobody receives it, /metrics counts it."""
+
+    status_code = 499
+    error_type = "client_closed_request"
+
+
 class ErrorDetail(BaseModel):
     model_config = ConfigDict(extra="allow")  # details such as `limit`, `field`, `errors`, `version`
 

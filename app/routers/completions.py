@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from sse_starlette.sse import EventSourceResponse
 
 from app.dependencies import ModelsDep, SettingsDep
+from app.disconnect import unless_client_leaves
 from app.protocol.common import event_stream_response
 from app.protocol.completions import CompletionRequest, CompletionResponse
 from app.serving import completions as serving
@@ -15,9 +16,9 @@ router = APIRouter(prefix="/v1", tags=["completions"])
 
 @router.post("/completions", response_model=CompletionResponse, responses=event_stream_response(None))
 async def completions(
-    body: CompletionRequest, models: ModelsDep, settings: SettingsDep
+    body: CompletionRequest, models: ModelsDep, settings: SettingsDep, request: Request
 ) -> CompletionResponse | EventSourceResponse:
     prepared = serving.prepare_completion(models, settings, body)
     if body.stream:
         return EventSourceResponse(serving.stream_completion(prepared))
-    return await serving.complete(prepared)
+    return await unless_client_leaves(request, serving.complete(prepared))

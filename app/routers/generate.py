@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from sse_starlette.sse import EventSourceResponse
 from starlette.background import BackgroundTask
 
 from app.dependencies import ModelsDep, SettingsDep
+from app.disconnect import unless_client_leaves
 from app.protocol.common import event_stream_response
 from app.protocol.generate import GenerateRequest, GenerateResponse, NextTokenRequest, NextTokenResponse
 from app.serving import beam
@@ -17,11 +18,11 @@ router = APIRouter(prefix="/v1", tags=["generate"])
 
 @router.post("/generate", response_model=GenerateResponse, responses=event_stream_response(["token", "done", "error"]))
 async def generate(
-    body: GenerateRequest, models: ModelsDep, settings: SettingsDep
+    body: GenerateRequest, models: ModelsDep, settings: SettingsDep, request: Request
 ) -> GenerateResponse | EventSourceResponse:
     beam.check_beam_request(settings, body)
     if body.beam_width > 1:
-        return await beam.beam_generate(models, settings, body)
+        return await unless_client_leaves(request, beam.beam_generate(models, settings, body))
     prepared = serving.prepare_generation(models, settings, body)
     if body.stream:
         generation = prepared.start()  # admission (429) happens before the stream opens
@@ -29,7 +30,7 @@ async def generate(
         return EventSourceResponse(
             serving.stream_generate(prepared, generation), background=BackgroundTask(generation.cancel)
         )
-    return await serving.generate(prepared)
+    return await unless_client_leaves(request, serving.generate(prepared))
 
 
 @router.post("/next-token")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from sse_starlette.sse import EventSourceResponse
 
 from app.dependencies import SessionsDep
+from app.disconnect import unless_client_leaves
 from app.protocol.common import event_stream_response
 from app.protocol.sessions import (
     SessionCreateRequest,
@@ -53,12 +54,12 @@ async def feed(
     responses=event_stream_response(["token", "done", "error"]),
 )
 async def generate(
-    session_id: str, body: SessionGenerateRequest, sessions: SessionsDep, caller: CallerDep
+    session_id: str, body: SessionGenerateRequest, sessions: SessionsDep, caller: CallerDep, request: Request
 ) -> SessionGenerateResponse | EventSourceResponse:
     prepared = await sessions.start_generation(session_id, body, owner=caller)  # 404/409/429 before a stream opens
     if body.stream:
         return EventSourceResponse(sessions.stream_generate(prepared))
-    return await sessions.generate(prepared)
+    return await unless_client_leaves(request, sessions.generate(prepared))
 
 
 @router.get("/{session_id}/next-token")

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
+from app.engine import SequenceState
 from app.errors import InvalidRequest, LimitExceeded, ServerBusy
 from app.protocol.generate import BeamSummary, GeneratedToken, GenerateRequest, GenerateResponse
 from app.registry import ModelRegistry, ServedModel
@@ -68,12 +70,14 @@ def beam_search(
     banned: Sequence[int] = (),
     keep_prefixes: bool = False,
     with_greedy: bool = True,
+    stop: threading.Event | None = None,
 ) -> list[Hypothesis]:
     """Hypotheses after a single-row `state` + `pending` token, best first.
 
     `eos_id` finishes a hypothesis (the token is part of it); `banned` tokens are never
     chosen. With `keep_prefixes` every beam of every length is returned (cut with
-    finish "length"), which is how /v1/fill proposes spans of each length.
+    finish "length"), which is how /v1/fill proposes spans of each length. Setting
+    `stop` (its caller has gone) ends the search before the next step.
     """
     device = model.decoder.weight.device
     banned_ids = torch.tensor(sorted(set(banned)), dtype=torch.long)
@@ -88,6 +92,8 @@ def beam_search(
     batch_state = cat_states([state, state]) if greedy is not None else state
     batch_pending = [pending, pending] if greedy is not None else [pending]
     for step in range(max_tokens):
+        if stop is not None and stop.is_set():
+            break
         logits, stepped = advance(model, torch.tensor(batch_pending, device=device), batch_state)  # (B, V)
         logprobs = F.log_softmax(logits.double(), dim=-1).cpu()  # (B, V)
         if banned_ids.numel():
@@ -182,6 +188,20 @@ def check_beam_request(settings: Settings, request: GenerateRequest) -> None:
         )
 
 
+async def run_beam_search(served: ServedModel, start: SequenceState, **options: Any) -> list[Hypothesis]:
+    """`beam_search` from `start` in a worker thread (hold a `beam_search_slot` around it).
+
+    Cancelling the caller (a client that hung up) stops the thread's search within a step.
+    """
+    stop = threading.Event()
+    try:
+        return await asyncio.to_thread(
+            beam_search, served.checkpoint.model, start.state, start.pending, stop=stop, **options
+        )
+    finally:
+        stop.set()
+
+
 @contextmanager
 def beam_search_slot(served: ServedModel, settings: Settings) -> Iterator[None]:
     """Count a beam search (run off the loop) against max_active_sequences while it runs; 429 when full."""
@@ -204,11 +224,9 @@ async def beam_generate(models: ModelRegistry, settings: Settings, request: Gene
         start = engine.fresh()
         if prepared.prompt_ids:
             start = (await engine.feed(start, prepared.prompt_ids, with_logprobs=False)).end
-        hypotheses = await asyncio.to_thread(
-            beam_search,
-            served.checkpoint.model,
-            start.state,
-            start.pending,
+        hypotheses = await run_beam_search(
+            served,
+            start,
             beam_width=request.beam_width,
             max_tokens=prepared.settings.max_tokens,
             length_penalty=request.length_penalty,

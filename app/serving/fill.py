@@ -30,7 +30,7 @@ from app.engine import Engine, SequenceState
 from app.errors import InvalidRequest, LimitExceeded
 from app.protocol.fill import FillCandidate, FillRequest, FillResponse, MethodUsed
 from app.registry import ModelRegistry, ServedModel
-from app.serving.beam import Hypothesis, beam_search, beam_search_slot
+from app.serving.beam import Hypothesis, beam_search_slot, run_beam_search
 from app.serving.limits import check_text
 from app.settings import Settings
 from model.tokenizer import Tokenizer
@@ -239,11 +239,9 @@ async def _propose_spans(
 ) -> list[Hypothesis]:
     """Every beam of every length 1..max_chars from the left context (in a worker thread, like beam search)."""
     with beam_search_slot(served, settings):
-        return await asyncio.to_thread(
-            beam_search,
-            served.checkpoint.model,
-            start.state,
-            start.pending,
+        return await run_beam_search(
+            served,
+            start,
             beam_width=beam_width,
             max_tokens=max_chars,
             banned=_excluded(served.checkpoint.tokenizer),

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
 import torch
 
-from app.serving.beam import beam_search, normalised_score
+from app.engine import SequenceState
+from app.serving import beam
+from app.serving.beam import Hypothesis, beam_search, normalised_score
 from model.checkpoint import save_checkpoint
 from model.inference import feed_tokens, prime
 from model.network import RNNLM
@@ -165,3 +170,27 @@ def test_a_wide_beam_with_an_end_token_stops_early_without_missing_the_best(leng
     best = max(range(len(answers)), key=scores.__getitem__)
     assert found[0].ids == answers[best]
     assert found[0].score(length_penalty) == pytest.approx(scores[best], abs=1e-4)
+
+
+async def test_cancelling_a_beam_search_stops_its_worker_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The search runs in a thread, which a cancelled coroutine cannot stop: the stop event does."""
+    tokenizer = char_tokenizer()
+    served = SimpleNamespace(checkpoint=SimpleNamespace(model=peaky_model(tokenizer, seed=2)))
+    state, pending = prime(served.checkpoint.model, tokenizer.boundary_id, [tokenizer.encode("th").ids])
+    returned = threading.Event()
+
+    def recorded(*args: object, **kwargs: object) -> list[Hypothesis]:
+        try:
+            return beam_search(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            returned.set()
+
+    monkeypatch.setattr(beam, "beam_search", recorded)
+    start = SequenceState(state=state, pending=pending[0])
+    task = asyncio.create_task(beam.run_beam_search(served, start, beam_width=4, max_tokens=10_000_000))  # type: ignore[arg-type]
+    await asyncio.sleep(0.2)
+    assert not returned.is_set()  # still searching: ten million steps take hours
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await asyncio.to_thread(returned.wait, 5.0), "the worker thread went on searching for nobody"

@@ -91,6 +91,31 @@ async def test_a_client_that_disconnects_stops_its_generation(live_url: str) -> 
         assert await tokens_generated(client) == before < 100_000  # nothing is generated for nobody
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/generate", {"max_tokens": 100_000, "seed": 1}),
+        ("/v1/generate", {"max_tokens": 100_000, "beam_width": 4}),
+        ("/v1/completions", {"prompt": "a", "max_tokens": 100_000}),
+    ],
+    ids=["generate", "beam", "completions"],
+)
+async def test_a_client_that_hangs_up_on_a_whole_answer_stops_it(live_url: str, path: str, body: dict) -> None:
+    async with httpx.AsyncClient(base_url=live_url, timeout=30) as client:
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
+            await client.post(path, json=body, timeout=httpx.Timeout(30, read=0.5))
+        gone = f'rnnlm_requests_total{{method="POST",route="{path}",status="499"}} 1.0'
+        for _ in range(300):
+            if gone in (await client.get("/metrics")).text:
+                break
+            await asyncio.sleep(0.01)
+        assert gone in (await client.get("/metrics")).text  # the handler stopped: nginx's "client closed request"
+        assert await active_sequences(client) == 0.0
+        before = await tokens_generated(client)
+        await asyncio.sleep(0.3)
+        assert await tokens_generated(client) == before  # nothing is generated for nobody
+
+
 async def tokens_generated(client: httpx.AsyncClient) -> float:
     text = (await client.get("/metrics")).text
     match = re.search(r'rnnlm_tokens_generated_total\{model="char"\} ([0-9.]+)', text)
