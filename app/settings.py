@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -61,6 +61,9 @@ class Settings(BaseSettings):
 
     # Sessions: their hidden state lives in Redis.
     redis_url: str | None = Field(default=None, description="Redis for sessions; unset = a private redis-server")
+    redis_cluster: bool = Field(
+        default=False, description="RNNLM_REDIS_URL names one node of a Redis Cluster (sessions spread by key)"
+    )
     redis_dir: Path | None = Field(default=None, description="data dir of the private Redis (unset = temporary)")
     redis_timeout: float = Field(default=0.5, gt=0, description="seconds before a Redis call gives up (then 503)")
     session_ttl: float = Field(default=3600, gt=0, description="seconds of inactivity before a session expires")
@@ -68,3 +71,9 @@ class Settings(BaseSettings):
     session_history_tokens: int = Field(
         default=128, ge=0, description="recent tokens a session keeps for the repetition penalty"
     )
+
+    @model_validator(mode="after")
+    def _cluster_needs_an_address(self) -> Self:
+        if self.redis_cluster and not self.redis_url:
+            raise ValueError("RNNLM_REDIS_CLUSTER=true needs RNNLM_REDIS_URL, the address of one cluster node")
+        return self

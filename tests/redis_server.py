@@ -7,6 +7,7 @@ in the server's directory, so a SIGKILLed server comes back with its data.
 
 from __future__ import annotations
 
+import random
 import signal
 import socket
 import subprocess
@@ -25,14 +26,35 @@ def free_port() -> int:
         return port
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (10,000 higher, so at most 55535) is free too."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20_000, 55_000)
+        if all(_is_free(p) for p in (port, port + 10_000)):
+            return port
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 class RedisServer:
     """One redis-server process bound to 127.0.0.1:`port`, data in `directory`."""
 
-    def __init__(self, directory: Path, port: int | None = None, appendonly: bool = False) -> None:
+    def __init__(
+        self, directory: Path, port: int | None = None, appendonly: bool = False, cluster: bool = False
+    ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.cluster = cluster
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -53,6 +75,8 @@ class RedisServer:
             "--daemonize", "no",
             "--logfile", str(self.directory / "redis.log"),
         ]  # fmt: skip
+        if self.cluster:
+            args += ["--cluster-enabled", "yes", "--cluster-config-file", str(self.directory / "nodes.conf")]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while True:
@@ -104,6 +128,68 @@ class RedisServer:
         self.process = None
 
     def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class RedisClusterServers:
+    """A Redis Cluster of `size` masters on loopback (no replicas): slots split evenly, nodes met.
+
+    Built with plain CLUSTER commands (ADDSLOTS, MEET), as `redis-cli --cluster create`
+    does, so no redis-cli is needed.
+    """
+
+    SLOTS = 16384
+
+    def __init__(self, directory: Path, size: int = 3, appendonly: bool = False) -> None:
+        self.nodes = [
+            RedisServer(Path(directory) / f"node{i}", port=free_cluster_port(), appendonly=appendonly, cluster=True)
+            for i in range(size)
+        ]
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def start(self, timeout: float = 30.0) -> RedisClusterServers:
+        for node in self.nodes:
+            node.start()
+        bounds = [self.SLOTS * i // len(self.nodes) for i in range(len(self.nodes) + 1)]
+        for node, first, end in zip(self.nodes, bounds, bounds[1:], strict=False):
+            with redis.Redis(host="127.0.0.1", port=node.port) as client:
+                client.execute_command("CLUSTER", "ADDSLOTS", *range(first, end))
+        with redis.Redis(host="127.0.0.1", port=self.nodes[0].port) as client:
+            for node in self.nodes[1:]:
+                client.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+        deadline = time.monotonic() + timeout
+        while not all(self._sees_whole_cluster(node) for node in self.nodes):
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the {len(self.nodes)}-node cluster did not form within {timeout}s")
+            time.sleep(0.05)
+        return self
+
+    def _sees_whole_cluster(self, node: RedisServer) -> bool:
+        with redis.Redis(host="127.0.0.1", port=node.port, decode_responses=True) as client:
+            info = client.execute_command("CLUSTER", "INFO")
+            text = info if isinstance(info, str) else str(info)
+            return "cluster_state:ok" in text and f"cluster_known_nodes:{len(self.nodes)}" in text
+
+    def keys_per_node(self, pattern: str) -> list[set[str]]:
+        """The keys matching `pattern` that each node holds."""
+        found = []
+        for node in self.nodes:
+            with redis.Redis(host="127.0.0.1", port=node.port, decode_responses=True) as client:
+                found.append(set(client.scan_iter(match=pattern, count=1000)))
+        return found
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> RedisClusterServers:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

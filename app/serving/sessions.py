@@ -388,7 +388,7 @@ async def open_sessions(settings: Settings, models: ModelRegistry) -> AsyncItera
     if url is None:
         embedded = EmbeddedRedis(settings.redis_dir)
         url = embedded.start()
-    store = RedisSessionStore.from_url(url, timeout=settings.redis_timeout)
+    store = RedisSessionStore.from_url(url, timeout=settings.redis_timeout, cluster=settings.redis_cluster)
     try:
         yield SessionService(store, models, settings)
     finally:
