@@ -22,6 +22,7 @@ import math
 import re
 import secrets
 import time
+import unicodedata
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -74,6 +75,27 @@ def split_unfinished(tokenizer: Tokenizer, text: str, flush: bool) -> tuple[str,
     while cut > 0 and not text[cut - 1].isspace():
         cut -= 1
     return text[:cut], text[cut:]
+
+
+def check_no_join(tokenizer: Tokenizer, pending_id: int, text: str) -> None:
+    """422 when a char session's piece would merge with the character before it under NFC.
+
+    A char model reads NFC code points, so "e" then a combining acute is one character
+    "é" when sent together, but the "e" has already been scored (and counted) when it
+    comes in an earlier piece. Rather than score the two halves differently from the
+    whole text, such a piece is refused; it only happens with decomposed input.
+    """
+    previous = tokenizer.tokens[pending_id]
+    if tokenizer.kind != "char" or len(previous) != 1 or not text:
+        return
+    if unicodedata.normalize("NFC", previous + text) != previous + unicodedata.normalize("NFC", text):
+        first = text[0]
+        raise InvalidRequest(
+            f"text starts with U+{ord(first):04X} {unicodedata.name(first, 'unnamed')}, which joins the previous "
+            f"piece's last character {previous!r} into one character under NFC: send a character together "
+            "with the combining marks that follow it",
+            field="text",
+        )
 
 
 @dataclass(frozen=True)
@@ -163,6 +185,7 @@ class SessionService:
         session = await self._load(session_id, request.model, request.expected_version, owner)
         check_text(self.settings, request.text, "text")
         tokenizer = session.served.checkpoint.tokenizer
+        check_no_join(tokenizer, session.record.pending_id, request.text)
         ready, unfinished = split_unfinished(tokenizer, session.record.pending_text + request.text, request.flush)
         check_text(self.settings, unfinished, "the unfinished word (pending_text)")
         encoding = tokenizer.encode(ready)

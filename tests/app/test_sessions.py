@@ -256,3 +256,27 @@ async def test_a_server_without_the_sessions_model_or_shape_answers_409(
         assert "'word', which is not loaded" in missing["error"]["message"]
     # The sessions themselves are untouched and go on where they belong.
     await call(client, "POST", f"/v1/sessions/{char_session}/feed", json={"text": "a"})
+
+
+async def test_a_char_piece_that_would_join_the_previous_character_is_refused(client: httpx.AsyncClient) -> None:
+    """ "e" then a combining acute is one NFC character "é" when whole: pieces must not score it as two."""
+    session_id = await create(client, model="char")
+    fed = await call(client, "POST", f"/v1/sessions/{session_id}/feed", json={"text": "cafe"})
+    refused = await client.post(f"/v1/sessions/{session_id}/feed", json={"text": "\u0301 au lait"})
+    assert refused.status_code == 422
+    error = refused.json()["error"]
+    assert (
+        error["field"] == "text" and "U+0301 COMBINING ACUTE ACCENT" in error["message"] and "'e'" in error["message"]
+    )
+    info = await call(client, "GET", f"/v1/sessions/{session_id}")
+    assert info["version"] == fed["session"]["version"] and info["token_count"] == 4  # nothing changed
+    # Sent with its base character, the same text goes in and scores as the whole text does.
+    ok = await call(client, "POST", f"/v1/sessions/{session_id}/feed", json={"text": " cafe\u0301"})
+    whole = (await call(client, "POST", "/v1/score", json={"model": "char", "texts": ["cafe cafe\u0301"]}))["results"][
+        0
+    ]
+    assert [t["logprob"] for t in fed["tokens"] + ok["tokens"]] == pytest.approx(
+        [t["logprob"] for t in whole["tokens"]], abs=1e-4
+    )
+    # A piece that starts a new character is fine, whatever came before.
+    await call(client, "POST", f"/v1/sessions/{session_id}/feed", json={"text": "\u00e9t\u00e9"})
