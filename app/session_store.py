@@ -154,8 +154,7 @@ def connect_redis_cluster(url: str, timeout: float, max_connections: int = 64) -
     """A cluster client for any one node's URL; it learns the others and the slot map from it.
 
     As with one server, a dead node is reported within a few `timeout`s: a failed
-    command is retried once (after refreshing the slot map, which follows a failover),
-    not the client's default of several attempts with back-off.
+    command is retried once at once, not with the client's default back-off.
     """
     return RedisCluster.from_url(
         url,
@@ -184,7 +183,8 @@ class RedisSessionStore(SessionStore):
         # One server: EVALSHA of registered scripts. A cluster: plain EVAL, routed by the key
         # alone; EVALSHA would load a missing script into every master, failing while any is down.
         self._cluster = isinstance(client, RedisCluster)
-        self._scripts = {source: client.register_script(source) for source in (_GET, _PUT_IF_VERSION, _TOUCH)}
+        sources = () if self._cluster else (_GET, _PUT_IF_VERSION, _TOUCH)
+        self._scripts = {source: client.register_script(source) for source in sources}
 
     @classmethod
     def from_url(

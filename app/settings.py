@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Self
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     )
 
     @model_validator(mode="after")
-    def _cluster_needs_an_address(self) -> Self:
+    def _cluster_needs_an_address(self) -> Settings:
         if self.redis_cluster and not self.redis_url:
             raise ValueError("RNNLM_REDIS_CLUSTER=true needs RNNLM_REDIS_URL, the address of one cluster node")
         return self
