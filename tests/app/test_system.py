@@ -96,6 +96,19 @@ async def test_a_client_that_hangs_up_on_a_whole_answer_stops_it(live_url: str, 
         await assert_nothing_generated_for_nobody(client)
 
 
+async def test_a_client_that_hangs_up_on_a_session_generation_leaves_the_session_as_it_was(live_url: str) -> None:
+    async with httpx.AsyncClient(base_url=live_url, timeout=30) as client:
+        created = (await client.post("/v1/sessions", json={"prompt": "hello"})).json()
+        path = f"/v1/sessions/{created['id']}"
+        with pytest.raises(httpx.ReadTimeout):
+            await client.post(f"{path}/generate", json={"max_tokens": 100_000}, timeout=httpx.Timeout(30, read=0.5))
+        gone = 'rnnlm_requests_total{method="POST",route="/v1/sessions/{session_id}/generate",status="499"} 1.0'
+        await eventually(lambda text: gone in text, client)
+        await assert_nothing_generated_for_nobody(client)
+        after = (await client.get(path)).json()
+        assert (after["version"], after["token_count"]) == (created["version"], created["token_count"])
+
+
 async def eventually(check: Callable[[str], bool], client: httpx.AsyncClient) -> None:
     """Poll /metrics for up to ~3 s until `check` holds for its text."""
     for _ in range(300):
