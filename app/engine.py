@@ -1,25 +1,28 @@
-"""One batching scheduler per model; model work runs on its own worker thread.
+"""One batching scheduler per model: every decode of the service runs here, on its own worker thread.
 
 Every operation starts from a single-row `SequenceState` (a recurrent state plus the
-*pending* token, see model/inference.py) and hands back the final `SequenceState`, so
-a caller can keep a sequence anywhere (in memory, in Redis) and continue it later:
+*pending* token, see model/inference.py) and hands back final `SequenceState`s, so a
+caller can keep a sequence anywhere (in memory, in Redis) and continue it later:
 
     start = engine.fresh()                                   # start of a line
     fed = await engine.feed(start, ids)                      # logprobs of ids, state after them
     dist = await engine.next_token(fed.end)                  # log p(next | everything so far), (V,)
-    async with engine.generate(fed.end, settings) as gen:    # sample; iterate TokenEvents
+    async with engine.generate(fed.end, settings, n=2) as gen:   # sample 2 choices; TokenEvents
         async for event in gen: ...
-    gen.result.end                                           # state after the generated tokens
+    gen.results[0].end                                       # choice 0's state after its tokens
+    found = await engine.beam(fed.end, beam_settings)        # beam search (also the fill's spans)
 
-`generate` and `next_token` may also feed `ids` first (a prompt) in the same job, which
-saves a round trip through the scheduler.
+`generate`, `beam` and `next_token` may feed `ids` first (a prompt) in the same job. A
+generation of n choices feeds its prompt once and forks the state into n rows.
 
-Each tick the worker (1) feeds a bounded number of prompt/text tokens of the queued
-jobs in one padded, packed forward (`feed_tokens`), then (2) advances every active
-sequence and every next-token query by one token in a single batched forward
-(`advance` over `cat_states` of the rows) and samples each generating row with its own
-settings and `torch.Generator`. Results go back to the event loop with
-`loop.call_soon_threadsafe`. A generation whose consumer goes away is cancelled and
+Each tick the worker (1) feeds a bounded number of queued prompt/text tokens in one
+padded, packed forward (`feed_tokens`), then (2) advances every decoding row (sampled
+rows, beam rows, next-token queries) by one token in one batched forward over the slot
+pool (app/state_pool.py), samples all sampled rows in one batched sampler
+(model/sampling.py) and steps each beam search; only sampled ids, the asked-for
+log-probabilities and next-token rows leave the device. Results go back to the event
+loop with `loop.call_soon_threadsafe`. Admission (`EngineBusy`) happens when a job is
+submitted, before any response starts. A job whose consumer goes away is cancelled and
 leaves the batch at the next tick.
 """
 
@@ -38,10 +41,13 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from app.state_pool import Slotted, StatePool
 from app.stop_strings import StopStringMatcher
+from model.beam_search import BeamSearch, BeamSettings, Hypothesis
 from model.checkpoint import Checkpoint
-from model.inference import SamplingParams, advance, feed_tokens, make_generator, model_device, sample_next
-from model.network import State, cat_states, split_state
+from model.inference import advance, feed_tokens, model_device
+from model.network import State, cat_states, split_state, state_tensors
+from model.sampling import SamplerInputs, SamplingParams, random_seed, sample
 
 FinishReason = Literal["length", "stop", "eos"]
 
@@ -49,7 +55,7 @@ logger = logging.getLogger("app")
 
 
 class EngineBusy(Exception):
-    """The engine has no room for another job right now (maps to 429)."""
+    """The engine has no room for another job right now (maps to 429 with Retry-After)."""
 
 
 class EngineClosed(Exception):
@@ -79,7 +85,11 @@ class NextTokenResult:
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """How one sequence is sampled; `history` primes the repetition penalty (usually the prompt)."""
+    """How one sequence is sampled; `history` primes the repetition penalty (usually the prompt).
+
+    Choice i of a request for n draws from seed + i, so it equals a request of its own
+    with that seed. `min_tokens` bans `eos_id` until that many tokens are out.
+    """
 
     max_tokens: int
     sampling: SamplingParams = field(default_factory=SamplingParams)
@@ -88,17 +98,19 @@ class GenerationSettings:
     eos_id: int | None = None  # finish with "eos" when this token is sampled
     top_logprobs: int = 0
     history: tuple[int, ...] = ()
+    min_tokens: int = 0
 
 
 @dataclass(frozen=True)
 class TokenEvent:
-    """One generated token: `text` is what it releases (held back while it could start a stop string)."""
+    """One generated token of choice `choice`: `text` is what it releases (held back while it could start a stop string)."""
 
     token_id: int
     piece: str
     text: str
     logprob: float
     top: list[tuple[int, float]]
+    choice: int = 0
 
 
 @dataclass(frozen=True)
@@ -107,37 +119,85 @@ class GenerationResult:
     end: SequenceState  # state after every generated token, the last one pending
     token_ids: list[int]
     fed_logprobs: list[float]  # logprobs of the ids fed before generating (the prompt)
+    choice: int = 0
+
+
+# ---- jobs: what the worker holds; each kind its own type --------------------------------
 
 
 @dataclass(eq=False)
 class _Job:
-    """Work for the scheduler; touched only by the worker thread after submission."""
+    """A submitted piece of work; touched only by the worker thread after submission."""
 
-    kind: Literal["feed", "next_token", "generate"]
     state: State
     pending: int
     ids: list[int]
     with_logprobs: bool
     deliver: Callable[[Any], object]  # thread-safe: hands an item to the waiting coroutine
-    settings: GenerationSettings | None = None
+    admitted: int  # what it counts against its limit
     fed: int = 0
     fed_logprobs: list[float] = field(default_factory=list)
-    generator: torch.Generator | None = None
-    history: list[int] = field(default_factory=list)
-    generated: list[int] = field(default_factory=list)
-    matcher: StopStringMatcher | None = None
     cancelled: bool = False
     finished: bool = False  # left the engine (counted out once)
+    rows: list[_Row] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class _FeedJob(_Job):
+    pass
+
+
+@dataclass(eq=False)
+class _NextTokenJob(_Job):
+    pass
+
+
+@dataclass(eq=False)
+class _GenerateJob(_Job):
+    settings: GenerationSettings = field(default_factory=lambda: GenerationSettings(max_tokens=0))
+    n: int = 1
+    open_choices: int = 0
+
+
+@dataclass(eq=False)
+class _BeamJob(_Job):
+    search: BeamSearch | None = None
+
+
+class _Row(Slotted):
+    """A row of the decode batch, owned by a job."""
+
+    def __init__(self, job: _Job) -> None:
+        self.job = job
+
+
+class _SampledRow(_Row):
+    def __init__(self, job: _GenerateJob, choice: int, seed: int, history: list[int]) -> None:
+        super().__init__(job)
+        self.settings = job.settings
+        self.choice = choice
+        self.seed = seed
+        self.generated: list[int] = []
+        self.matcher = StopStringMatcher(job.settings.stop)
+        self.uses_history = job.settings.sampling.uses_history
+        self.previous = job.pending  # the token before the next one (for its text piece)
 
 
 class Generation:
-    """The event-loop side of a generation: an async iterator of TokenEvents; `result` at the end."""
+    """The event-loop side of a generation: an async iterator of TokenEvents; `results` at the end."""
 
-    def __init__(self, engine: Engine, job: _Job, queue: asyncio.Queue[Any]) -> None:
+    def __init__(self, engine: Engine, job: _GenerateJob, queue: asyncio.Queue[Any]) -> None:
         self._engine = engine
         self._job = job
         self._queue = queue
-        self.result: GenerationResult | None = None
+        self.n = job.n
+        self.results: list[GenerationResult | None] = [None] * job.n
+        self.done = False
+
+    @property
+    def result(self) -> GenerationResult | None:
+        """Choice 0's result (the only one unless n > 1)."""
+        return self.results[0]
 
     async def __aenter__(self) -> Generation:
         return self
@@ -152,30 +212,53 @@ class Generation:
 
     async def _events(self) -> AsyncIterator[TokenEvent]:
         try:
-            while self.result is None:
+            while not self.done:
                 item = await self._queue.get()
                 if isinstance(item, BaseException):
                     raise item
                 if isinstance(item, GenerationResult):
-                    self.result = item
+                    self.results[item.choice] = item
+                    self.done = all(r is not None for r in self.results)
                 else:
                     yield item
         finally:
             self.cancel()
 
     async def collect(self) -> tuple[list[TokenEvent], GenerationResult]:
+        """Choice 0's events and result (for n == 1)."""
         events = [event async for event in self]
-        assert self.result is not None
-        return events, self.result
+        assert self.results[0] is not None
+        return events, self.results[0]
 
     def cancel(self) -> None:
-        """Stop generating (no-op once finished); the row leaves the batch at the next tick."""
-        if self.result is None and not self._job.cancelled:
+        """Stop generating (no-op once finished); the rows leave the batch at the next tick."""
+        if not self.done and not self._job.cancelled:
+            self._engine._cancel(self._job)
+
+
+class BeamRun:
+    """The event-loop side of a beam search: await `hypotheses()`; `cancel()` stops it."""
+
+    def __init__(self, engine: Engine, job: _BeamJob, future: asyncio.Future[Any]) -> None:
+        self._engine = engine
+        self._job = job
+        self._future = future
+
+    async def hypotheses(self) -> list[Hypothesis]:
+        try:
+            result: list[Hypothesis] = await self._future
+            return result
+        finally:
+            self.cancel()
+
+    def cancel(self) -> None:
+        """Stop searching (no-op once answered); the rows leave the batch at the next tick."""
+        if not self._job.cancelled and not self._job.finished:
             self._engine._cancel(self._job)
 
 
 class Engine:
-    """Batches the feeds, next-token queries and generations of one model."""
+    """Batches the feeds, next-token queries, generations and beam searches of one model."""
 
     def __init__(
         self,
@@ -194,13 +277,14 @@ class Engine:
         self.max_queued = max_queued
         self.prefill_tokens_per_step = prefill_tokens_per_step
         self._on_step = on_step or (lambda n: None)  # batch size of each decoding step
-        self._on_active = on_active or (lambda n: None)  # generations in the engine
+        self._on_active = on_active or (lambda n: None)  # sequences admitted to decode
         self._on_tokens = on_tokens or (lambda n: None)  # tokens generated
         self._lock = threading.Condition()
         self._inbox: deque[_Job] = deque()
         self._prefilling: deque[_Job] = deque()
-        self._decoding: list[_Job] = []
-        self._generations = 0  # admitted generations not yet finished (guarded by _lock)
+        with torch.inference_mode():
+            self._pool: StatePool[_Row] = StatePool(self.model, max_active)
+        self._active = 0  # admitted sequences not yet finished (guarded by _lock)
         self._queued = 0  # admitted feeds / next-token queries not yet answered (guarded by _lock)
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="rnnlm-engine", daemon=True)
@@ -223,7 +307,7 @@ class Engine:
     @property
     def active_generations(self) -> int:
         with self._lock:
-            return self._generations
+            return self._active
 
     def fresh(self) -> SequenceState:
         """A new sequence at the start of a line: zero state, boundary token pending."""
@@ -231,12 +315,12 @@ class Engine:
             return SequenceState(self.model.init_state(1), self.tokenizer.boundary_id)
 
     async def feed(self, start: SequenceState, ids: list[int], with_logprobs: bool = True) -> FeedResult:
-        job, future = self._submit_call("feed", start, ids, with_logprobs)
+        job, future = self._submit_call(_FeedJob, start, ids, with_logprobs)
         await future
         return FeedResult(job.fed_logprobs, SequenceState(job.state, job.pending))
 
     async def next_token(self, start: SequenceState, ids: list[int] | None = None) -> NextTokenResult:
-        job, future = self._submit_call("next_token", start, ids or [], with_logprobs=True)
+        job, future = self._submit_call(_NextTokenJob, start, ids or [], with_logprobs=True)
         logprobs: Tensor = await future
         return NextTokenResult(logprobs, SequenceState(job.state, job.pending), job.fed_logprobs)
 
@@ -246,55 +330,67 @@ class Engine:
         settings: GenerationSettings,
         ids: list[int] | None = None,
         with_logprobs: bool = False,
+        n: int = 1,
     ) -> Generation:
-        """Feed `ids` (a prompt, logprobs kept if asked), then sample; raises EngineBusy when full."""
+        """Feed `ids` (a prompt, logprobs kept if asked) once, then sample n choices; EngineBusy when full."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        job = _Job(
-            kind="generate",
+        job = _GenerateJob(
             state=start.state,
             pending=start.pending,
             ids=list(ids or []),
             with_logprobs=with_logprobs,
             deliver=lambda item: loop.call_soon_threadsafe(queue.put_nowait, item),
+            admitted=n,
             settings=settings,
-            generator=make_generator(settings.seed),
-            history=list(settings.history),
-            matcher=StopStringMatcher(settings.stop),
+            n=n,
+            open_choices=n,
         )
-        with self._lock:
-            self._check_open()
-            if self._generations >= self.max_active:
-                raise EngineBusy(
-                    f"{self._generations} sequences are generating (max_active_sequences={self.max_active})"
-                )
-            self._generations += 1
-            self._on_active(self._generations)
-            self._inbox.append(job)
-            self._lock.notify()
+        self._admit(job)
         return Generation(self, job, queue)
 
+    def beam(self, start: SequenceState, settings: BeamSettings, ids: list[int] | None = None) -> BeamRun:
+        """Feed `ids`, then beam-search (one admitted sequence, however wide); EngineBusy when full."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        job = _BeamJob(
+            state=start.state,
+            pending=start.pending,
+            ids=list(ids or []),
+            with_logprobs=False,
+            deliver=lambda item: loop.call_soon_threadsafe(_settle, future, item),
+            admitted=1,
+            search=BeamSearch(settings),
+        )
+        self._admit(job)
+        return BeamRun(self, job, future)
+
+    def _admit(self, job: _Job) -> None:
+        """The one admission of decoding work: count it in, or refuse with EngineBusy."""
+        with self._lock:
+            self._check_open()
+            if self._active + job.admitted > self.max_active:
+                raise EngineBusy(
+                    f"{self._active} sequences are generating and this request needs {job.admitted} more "
+                    f"(max_active_sequences={self.max_active})"
+                )
+            self._active += job.admitted
+            self._on_active(self._active)
+            self._inbox.append(job)
+            self._lock.notify()
+
     def _submit_call(
-        self, kind: Literal["feed", "next_token"], start: SequenceState, ids: list[int], with_logprobs: bool
+        self, kind: type[_Job], start: SequenceState, ids: list[int], with_logprobs: bool
     ) -> tuple[_Job, asyncio.Future[Any]]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-
-        def settle(item: Any) -> None:
-            if future.done():
-                return
-            if isinstance(item, BaseException):
-                future.set_exception(item)
-            else:
-                future.set_result(item)
-
-        job = _Job(
-            kind=kind,
+        job = kind(
             state=start.state,
             pending=start.pending,
             ids=list(ids),
             with_logprobs=with_logprobs,
-            deliver=lambda item: loop.call_soon_threadsafe(settle, item),
+            deliver=lambda item: loop.call_soon_threadsafe(_settle, future, item),
+            admitted=1,
         )
         with self._lock:
             self._check_open()
@@ -320,7 +416,7 @@ class Engine:
         with torch.inference_mode():
             while True:
                 with self._lock:
-                    while not (self._inbox or self._prefilling or self._decoding or self._closing):
+                    while not (self._inbox or self._prefilling or self._pool.rows or self._closing):
                         self._lock.wait()
                     if self._closing:
                         break
@@ -332,29 +428,32 @@ class Engine:
                     self._decode_step()
                 except Exception as exc:  # a bug must fail the jobs in hand, never kill the worker
                     logger.exception("engine tick failed")
-                    jobs = [*self._prefilling, *self._decoding]
+                    jobs = {*self._prefilling, *(row.job for row in self._pool.rows)}
                     self._prefilling.clear()
-                    self._decoding = []
-                    self._fail(jobs, exc)
-        for job in [*self._inbox, *self._prefilling, *self._decoding]:
+                    self._fail(list(jobs), exc)
+        for job in {*self._inbox, *self._prefilling, *(row.job for row in self._pool.rows)}:
             job.deliver(EngineClosed("the engine is shutting down"))
 
     def _drop_cancelled(self) -> None:
         for job in [j for j in self._prefilling if j.cancelled]:
             self._prefilling.remove(job)
             self._finished(job)
-        for job in [j for j in self._decoding if j.cancelled]:
-            self._decoding.remove(job)
+        for job in {row.job for row in self._pool.rows if row.job.cancelled}:
             self._finished(job)
 
     def _finished(self, job: _Job) -> None:
+        """The job leaves the engine: its rows free their slots and it is counted out (once)."""
+        for row in job.rows:
+            if row.slot >= 0:
+                self._pool.remove(row)
+        job.rows = []
         with self._lock:
             if job.finished:
                 return
             job.finished = True
-            if job.kind == "generate":
-                self._generations -= 1
-                self._on_active(self._generations)
+            if isinstance(job, (_GenerateJob, _BeamJob)):
+                self._active -= job.admitted
+                self._on_active(self._active)
             else:
                 self._queued -= 1
 
@@ -399,59 +498,122 @@ class Engine:
             if job.fed < len(job.ids):
                 continue
             self._prefilling.remove(job)
-            if job.kind == "feed":
+            self._start_decoding(job)
+
+    def _start_decoding(self, job: _Job) -> None:
+        """A fed job: answer it (a feed), or give it its rows in the decode batch."""
+        start = state_tensors(job.state)
+        if isinstance(job, _FeedJob):
+            self._finished(job)
+            job.deliver(None)
+        elif isinstance(job, _NextTokenJob):
+            job.rows = [_Row(job)]
+            self._pool.add(job.rows[0], start, job.pending)
+        elif isinstance(job, _GenerateJob):
+            if job.settings.max_tokens <= 0:  # echo-only scoring
                 self._finished(job)
-                job.deliver(None)
-            elif job.settings is not None and job.settings.max_tokens <= 0:  # echo-only scoring
+                end = SequenceState(job.state, job.pending)
+                for choice in range(job.n):
+                    job.deliver(GenerationResult("length", end, [], job.fed_logprobs, choice))
+                return
+            seed = job.settings.seed if job.settings.seed is not None else random_seed()
+            history = [*job.settings.history]
+            for choice in range(job.n):
+                row = _SampledRow(job, choice, (seed + choice) % 2**63, history)
+                job.rows.append(row)
+                self._pool.add(row, start, job.pending, history if row.uses_history else None)
+        elif isinstance(job, _BeamJob):
+            assert job.search is not None
+            if job.search.done:
                 self._finished(job)
-                job.deliver(GenerationResult("length", SequenceState(job.state, job.pending), [], job.fed_logprobs))
-            else:
-                self._decoding.append(job)
+                job.deliver([])
+                return
+            job.rows = [_Row(job) for _ in range(job.search.rows)]
+            for beam_row in job.rows:
+                self._pool.add(beam_row, start, job.pending)
 
     def _decode_step(self) -> None:
-        """Advance every decoding row by one token in one forward; sample or answer each."""
-        jobs = self._decoding
-        if not jobs:
+        """Advance every decoding row by one token in one forward; sample, answer or step each."""
+        pool = self._pool
+        rows = list(pool.rows)  # logits row i is rows[i]'s (rows may move slots as others leave)
+        if not rows:
             return
-        self._on_step(len(jobs))
-        try:
-            pending = torch.tensor([job.pending for job in jobs], device=self.device)
-            logits, state = advance(self.model, pending, cat_states([job.state for job in jobs]))  # (B, V)
-            generating = [row for row, job in enumerate(jobs) if job.kind == "generate"]
-            sampled: list[int] = []
-            if generating:
-                gen_jobs = [jobs[row] for row in generating]
-                sampled, gen_logprobs = sample_next(
-                    logits[generating],
-                    [job.settings.sampling for job in gen_jobs if job.settings is not None],
-                    [job.generator for job in gen_jobs if job.generator is not None],
-                    [job.history for job in gen_jobs],
-                )
-            logits = logits.float().cpu()
-        except Exception as exc:
-            self._decoding = []
-            self._fail(jobs, exc)
-            return
-        rows = split_state(state) if generating else []
-        still: list[_Job] = []
-        for row, job in enumerate(jobs):
-            if job.kind == "next_token":
-                self._finished(job)
-                job.deliver(torch.log_softmax(logits[row], dim=-1))
-        for index, row in enumerate(generating):
-            job = jobs[row]
-            if self._emit(job, sampled[index], gen_logprobs[index], rows[row]):
-                still.append(job)
-        self._on_tokens(len(generating))
-        self._decoding = still
+        self._on_step(len(rows))
+        logits, state = advance(self.model, pool.pending[: len(rows)], pool.state())  # (B, V)
+        pool.write(state)
+        sampled = [i for i, row in enumerate(rows) if isinstance(row, _SampledRow)]
+        leaving: set[_Job] = set()
+        if sampled:
+            leaving |= self._sample_rows(logits, [rows[i] for i in sampled], sampled)  # type: ignore[misc]
+        queries = [i for i, row in enumerate(rows) if isinstance(row.job, _NextTokenJob)]
+        if queries:
+            answers = torch.log_softmax(logits[queries].float(), dim=-1).cpu()
+            for answer, i in zip(answers, queries, strict=True):
+                job = rows[i].job
+                leaving.add(job)
+                job.deliver(answer)
+        beams: dict[_BeamJob, list[int]] = {}
+        for i, row in enumerate(rows):
+            if isinstance(row.job, _BeamJob):
+                beams.setdefault(row.job, []).append(i)
+        reorders = [(job, self._step_beam(job, logits[slots])) for job, slots in beams.items()]
+        for job in leaving:
+            self._finished(job)
+        for job, next_rows in reorders:
+            self._reorder_beam(job, next_rows)
 
-    def _emit(self, job: _Job, token_id: int, logprobs: Tensor, row_state: State) -> bool:
-        """Hand one sampled token to its request; return whether the sequence goes on."""
-        settings, matcher = job.settings, job.matcher
-        assert settings is not None and matcher is not None
-        previous, job.state, job.pending = job.pending, row_state, token_id
-        job.generated.append(token_id)
-        job.history.append(token_id)
+    def _sample_rows(self, logits: Tensor, rows: list[_SampledRow], slots: list[int]) -> set[_Job]:
+        """Sample every sampled row at once; hand each token to its request; return the jobs that are done."""
+        pool, device = self._pool, logits.device
+        index = torch.tensor(slots, device=device)
+        logits = logits if len(slots) == logits.shape[0] else logits[index]  # (S, V)
+        history = pool.seen is not None and any(row.uses_history for row in rows)
+        banned = None
+        early = [
+            i
+            for i, row in enumerate(rows)
+            if row.settings.eos_id is not None and len(row.generated) < row.settings.min_tokens
+        ]
+        if early:
+            banned = torch.zeros(logits.shape, dtype=torch.bool, device=device)
+            banned[early, [rows[i].settings.eos_id for i in early]] = True
+        inputs = SamplerInputs(
+            params=[row.settings.sampling for row in rows],
+            seeds=torch.tensor([row.seed for row in rows], device=device),
+            steps=torch.tensor([len(row.generated) for row in rows], device=device),
+            seen=pool.seen[index] if history and pool.seen is not None else None,
+            counts=pool.counts[index] if history and pool.counts is not None else None,
+            banned=banned,
+        )
+        ids = sample(logits, inputs)  # (S,)
+        pool.pending[index] = ids
+        if history and pool.seen is not None and pool.counts is not None:
+            pool.seen[index, ids] = True
+            pool.counts[index, ids] += 1
+        raw = logits.float()
+        normaliser = torch.logsumexp(raw, dim=-1)  # (S,)
+        chosen = (raw.gather(1, ids.unsqueeze(1)).squeeze(1) - normaliser).tolist()
+        wanted = max(row.settings.top_logprobs for row in rows)
+        top_values: list[list[float]] = [[] for _ in rows]
+        top_ids: list[list[int]] = [[] for _ in rows]
+        if wanted:
+            values, indices = torch.topk(raw, min(wanted, raw.shape[1]), dim=-1)
+            top_values = (values - normaliser.unsqueeze(1)).tolist()
+            top_ids = indices.tolist()
+        done: set[_Job] = set()
+        for i, (row, token_id) in enumerate(zip(rows, ids.tolist(), strict=True)):
+            count = row.settings.top_logprobs
+            top = list(zip(top_ids[i][:count], map(finite, top_values[i][:count]), strict=True))
+            if not self._emit(row, token_id, chosen[i], top):
+                done.add(row.job)
+        self._on_tokens(len(rows))
+        return {job for job in done if isinstance(job, _GenerateJob) and job.open_choices == 0}
+
+    def _emit(self, row: _SampledRow, token_id: int, logprob: float, top: list[tuple[int, float]]) -> bool:
+        """Hand one sampled token to its request; return whether the row goes on."""
+        settings, matcher, job = row.settings, row.matcher, row.job
+        previous, row.previous = row.previous, token_id
+        row.generated.append(token_id)
         piece = self.tokenizer.piece(token_id, previous)
         finish: FinishReason | None = None
         if token_id == settings.eos_id:
@@ -460,21 +622,62 @@ class Engine:
             text = matcher.push(piece)
             if matcher.stopped:
                 finish = "stop"
-            elif len(job.generated) >= settings.max_tokens:
+            elif len(row.generated) >= settings.max_tokens:
                 text, finish = text + matcher.flush(), "length"
-        top: list[tuple[int, float]] = []
-        if settings.top_logprobs:
-            values, ids = torch.topk(logprobs, min(settings.top_logprobs, logprobs.numel()))
-            top = [(int(i), _finite(float(v))) for v, i in zip(values, ids, strict=True)]
-        job.deliver(TokenEvent(token_id, piece, text, _finite(float(logprobs[token_id])), top))
+        job.deliver(TokenEvent(token_id, piece, text, finite(logprob), top, row.choice))
         if finish is None:
             return True
-        end = SequenceState(job.state, job.pending)
-        self._finished(job)
-        job.deliver(GenerationResult(finish, end, list(job.generated), job.fed_logprobs))
+        assert isinstance(job, _GenerateJob)
+        end = SequenceState(self._row_state(row), token_id)
+        job.deliver(GenerationResult(finish, end, list(row.generated), job.fed_logprobs, row.choice))
+        job.open_choices -= 1
+        self._pool.remove(row)
+        job.rows.remove(row)
         return False
 
+    def _row_state(self, row: Slotted) -> State:
+        """A copy of one row's state (single-row tensors)."""
+        tensors = [t[:, row.slot : row.slot + 1].clone() for t in self._pool.tensors]
+        return (tensors[0], tensors[1]) if len(tensors) == 2 else tensors[0]
 
-def _finite(value: float) -> float:
+    def _step_beam(self, job: _BeamJob, logits: Tensor) -> list[tuple[int, int]]:
+        assert job.search is not None
+        return job.search.step(torch.log_softmax(logits.double(), dim=-1))
+
+    def _reorder_beam(self, job: _BeamJob, next_rows: list[tuple[int, int]]) -> None:
+        """The search's rows for its next step: each the state of its parent row advanced by its token."""
+        assert job.search is not None
+        if job.finished:
+            return
+        if job.search.done:
+            self._finished(job)
+            job.deliver(job.search.hypotheses())
+            return
+        pool = self._pool
+        parents = torch.tensor([job.rows[parent].slot for parent, _ in next_rows], device=self.device)
+        states = [tensor[:, parents] for tensor in pool.tensors]  # copies (layers, k, hidden), read first
+        while len(job.rows) < len(next_rows):
+            row = _Row(job)
+            pool.add(row, [state[:, :1] for state in states], 0)
+            job.rows.append(row)
+        for row in job.rows[len(next_rows) :]:
+            pool.remove(row)
+        del job.rows[len(next_rows) :]
+        targets = torch.tensor([row.slot for row in job.rows], device=self.device)
+        for tensor, state in zip(pool.tensors, states, strict=True):
+            tensor[:, targets] = state
+        pool.pending[targets] = torch.tensor([token for _, token in next_rows], device=self.device)
+
+
+def _settle(future: asyncio.Future[Any], item: Any) -> None:
+    if future.done():
+        return
+    if isinstance(item, BaseException):
+        future.set_exception(item)
+    else:
+        future.set_result(item)
+
+
+def finite(value: float) -> float:
     """JSON has no -inf: a token of probability 0 gets the most negative float instead."""
     return value if math.isfinite(value) else -1e30

@@ -1,21 +1,8 @@
-"""Domain errors and their one mapping to HTTP: `{"error": {"type", "message", ...}}`, never a trace."""
+"""Domain errors: plain exceptions a client can cause or see; app/http_errors.py maps them to HTTP once."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any, ClassVar
-
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import compile_path
-
-from app.engine import EngineBusy, EngineClosed
-from app.session_store import StoreUnavailable
-
-logger = logging.getLogger("app")
 
 
 class ServiceError(Exception):
@@ -48,11 +35,6 @@ class NotFound(ServiceError):
     error_type = "not_found"
 
 
-class ServerBusy(ServiceError):
-    status_code = 429
-    error_type = "server_busy"
-
-
 class Unavailable(ServiceError):
     status_code = 503
     error_type = "unavailable"
@@ -63,100 +45,3 @@ class ClientGone(ServiceError):
 
     status_code = 499
     error_type = "client_closed_request"
-
-
-class ErrorDetail(BaseModel):
-    model_config = ConfigDict(extra="allow")  # details such as `limit`, `field`, `errors`, `version`
-
-    type: str
-    message: str
-
-
-class ErrorResponse(BaseModel):
-    """The body of every 4xx/5xx answer."""
-
-    error: ErrorDetail
-
-
-def _documented(description: str) -> dict[str, Any]:
-    return {"model": ErrorResponse, "description": description}
-
-
-# The error answers of the API, as published in the OpenAPI schema (attached per router in the app factory).
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: _documented("the body is not valid JSON or not UTF-8"),
-    401: _documented("API keys are on and the call has no valid one"),
-    404: _documented("unknown model or session (or another key's session)"),
-    409: _documented("a session at another version, of another model, or unreadable"),
-    413: _documented("over a published size limit (named in the message)"),
-    415: _documented("the body is not application/json"),
-    422: _documented("a field is missing, of the wrong type or out of range"),
-    429: _documented("the server is full (max_active_sequences, max_queued_requests)"),
-    503: _documented("the session store (Redis) or the engine is unavailable"),
-}
-UNAUTHORIZED_RESPONSE: dict[int | str, dict[str, Any]] = {401: ERROR_RESPONSES[401]}
-
-
-def error_response(status_code: int, error_type: str, message: str, **details: Any) -> JSONResponse:
-    return JSONResponse({"error": {"type": error_type, "message": message, **details}}, status_code=status_code)
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """The one place where exceptions become HTTP responses."""
-
-    @app.exception_handler(ServiceError)
-    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        response = error_response(exc.status_code, exc.error_type, exc.message, **exc.details)
-        response.headers.update(exc.headers)
-        return response
-
-    @app.exception_handler(EngineBusy)
-    async def engine_busy(request: Request, exc: EngineBusy) -> JSONResponse:
-        return error_response(429, "server_busy", str(exc))
-
-    @app.exception_handler(EngineClosed)
-    async def engine_closed(request: Request, exc: EngineClosed) -> JSONResponse:
-        return error_response(503, "unavailable", str(exc))
-
-    @app.exception_handler(StoreUnavailable)
-    async def store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
-        return error_response(503, "unavailable", str(exc))
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [_describe(e) for e in exc.errors()]
-        if any(e["type"] == "json_invalid" for e in errors):
-            return error_response(400, "invalid_json", "request body is not valid JSON", errors=errors)
-        message = "; ".join(f"{e['field']}: {e['message']}" if e["field"] else e["message"] for e in errors)
-        return error_response(422, "invalid_request", message or "invalid request", errors=errors)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        error_type = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
-        response = error_response(exc.status_code, error_type, str(exc.detail))
-        response.headers.update(exc.headers or {})
-        allowed = _allowed_methods(request) if exc.status_code == 405 else []
-        if allowed:  # every method of the path (Starlette names only those of the first route that matched)
-            response.headers["Allow"] = ", ".join(allowed)
-        return response
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error", "internal server error")
-
-
-def _allowed_methods(request: Request) -> list[str]:
-    """The methods the API publishes for this path (from the OpenAPI schema, which sees every router)."""
-    methods: set[str] = set()
-    for template, operations in request.app.openapi().get("paths", {}).items():
-        if compile_path(template)[0].match(request.url.path):
-            methods |= {method.upper() for method in operations}
-    return sorted(methods | ({"HEAD"} if "GET" in methods else set()))
-
-
-def _describe(error: Any) -> dict[str, Any]:
-    """A JSON-safe summary of one pydantic error (its `input` may be anything, even bytes)."""
-    location = [str(part) for part in error.get("loc", ()) if part != "body"]
-    field = ".".join(location) or ("body" if tuple(error.get("loc", ())) == ("body",) else "")  # the body itself
-    return {"field": field, "message": str(error.get("msg", "")), "type": str(error.get("type", ""))}

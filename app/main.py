@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 import torch
 from fastapi import Depends, FastAPI
 
-from app.errors import ERROR_RESPONSES, install_error_handlers
+from app.http_errors import ERROR_RESPONSES, install_error_handlers
 from app.metrics import Metrics, MetricsMiddleware
 from app.middleware import RequestGuardMiddleware
 from app.registry import load_models

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.errors import error_response
+from app.http_errors import error_response
 from app.metrics import ASGIApp, Message, Receive, Scope, Send
 
 

@@ -21,7 +21,8 @@ from typing import Any, TextIO
 import torch
 
 from model.checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from model.inference import SamplingParams, feed_tokens, fresh_sequences, generate_ids
+from model.inference import feed_tokens, fresh_sequences, generate_ids
+from model.sampling import SamplingParams
 from model.tokenizer import normalize
 
 SCORE_BATCH = 32  # lines scored together in one batched feed

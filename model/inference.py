@@ -9,37 +9,15 @@ state with the tokenizer's boundary token pending (start of a line, as in traini
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from model.network import RNNLM, State, select_state
+from model.sampling import SamplerInputs, SamplingParams, random_seed, sample
 
 # Time steps per forward when scoring long texts: bounds the (B, T, V) logits in memory.
 SCORE_CHUNK = 128
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """Per-sequence sampling settings; temperature 0 is greedy, top_k 0 and top_p 1 are off."""
-
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise ValueError("temperature must be a finite number >= 0")
-        if self.top_k < 0:
-            raise ValueError("top_k must be >= 0")
-        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
-            raise ValueError("top_p must be in (0, 1]")
-        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
-            raise ValueError("repetition_penalty must be a finite number > 0")
 
 
 def model_device(model: RNNLM) -> torch.device:
@@ -123,72 +101,6 @@ def prime(model: RNNLM, boundary_id: int, prompts: list[list[int]]) -> tuple[Sta
     return state, pending
 
 
-def apply_repetition_penalty(logits: Tensor, history: list[int], penalty: float) -> Tensor:
-    """CTRL's penalty (Keskar et al. 2019): shrink the logits of tokens already seen."""
-    if penalty == 1.0 or not history:
-        return logits
-    seen = torch.tensor(sorted(set(history)), dtype=torch.long)
-    values = logits[seen]
-    logits = logits.clone()
-    logits[seen] = torch.where(values > 0, values / penalty, values * penalty)
-    return logits
-
-
-def sampling_distribution(logits: Tensor, params: SamplingParams, history: list[int]) -> Tensor:
-    """The probabilities actually sampled from (V,), float64, after every setting."""
-    logits = apply_repetition_penalty(logits.double(), history, params.repetition_penalty)
-    if params.temperature == 0:
-        probs = torch.zeros_like(logits)
-        probs[int(torch.argmax(logits))] = 1.0
-        return probs
-    logits = logits / params.temperature
-    if 0 < params.top_k < logits.numel():
-        kth = torch.topk(logits, params.top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, -math.inf)
-    probs = torch.softmax(logits, dim=-1)
-    if params.top_p < 1.0:
-        # Nucleus sampling (Holtzman et al. 2020): the smallest set with mass >= top_p.
-        sorted_probs, order = torch.sort(probs, descending=True)
-        mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-        sorted_probs[mass_before >= params.top_p] = 0.0
-        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-        probs = probs / probs.sum()
-    return probs
-
-
-def sample_next(
-    logits: Tensor,
-    params: list[SamplingParams],
-    generators: list[torch.Generator],
-    histories: list[list[int]],
-) -> tuple[list[int], Tensor]:
-    """Sample one token per row with that row's settings and generator.
-
-    logits: (B, V). Each row draws exactly one uniform number from its own generator,
-    so a seeded sequence gives the same tokens whatever else shares the batch.
-    Returns the ids and the raw model log-probabilities (B, V) they were drawn under.
-    """
-    logits = logits.float().cpu()
-    raw_logprobs = F.log_softmax(logits, dim=-1)  # (B, V)
-    chosen = []
-    for row in range(logits.shape[0]):
-        probs = sampling_distribution(logits[row], params[row], histories[row])
-        u = torch.rand((), generator=generators[row], dtype=torch.float64)
-        cumulative = torch.cumsum(probs, dim=0)
-        index = int(torch.searchsorted(cumulative, u * cumulative[-1], right=True))
-        index = min(index, probs.numel() - 1)
-        while probs[index] == 0:  # never land on a filtered-out token through rounding
-            index -= 1
-        chosen.append(index)
-    return chosen, raw_logprobs
-
-
-def make_generator(seed: int | None) -> torch.Generator:
-    generator = torch.Generator()
-    generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
-    return generator
-
-
 def generate_ids(
     model: RNNLM,
     boundary_id: int,
@@ -198,18 +110,22 @@ def generate_ids(
     seed: int | None = None,
     stop_ids: set[int] | None = None,
 ) -> list[int]:
-    """Sample up to `max_tokens` ids after `prompt` for one sequence (the CLI's loop)."""
+    """Sample up to `max_tokens` ids after `prompt` for one sequence (the CLI's loop), as the server would."""
     state, pending = prime(model, boundary_id, [prompt])
-    generator = make_generator(seed)
-    history = list(prompt)
+    seed = seed if seed is not None else random_seed()
+    device = model_device(model)
+    seen = torch.zeros(1, model.config.vocab_size, dtype=torch.bool, device=device)
+    seen[0, prompt] = True
+    counts = torch.zeros(1, model.config.vocab_size, device=device)
     out: list[int] = []
-    token = torch.tensor(pending, device=model_device(model))
-    for _ in range(max_tokens):
+    token = torch.tensor(pending, device=device)
+    for step in range(max_tokens):
         logits, state = advance(model, token, state)
-        ids, _ = sample_next(logits, [params], [generator], [history])
-        out.append(ids[0])
-        history.append(ids[0])
-        if stop_ids and ids[0] in stop_ids:
+        inputs = SamplerInputs([params], torch.tensor([seed]), torch.tensor([step]), seen, counts)
+        token = sample(logits, inputs)
+        out.append(int(token[0]))
+        seen[0, token] = True
+        counts[0, token] += 1
+        if stop_ids and out[-1] in stop_ids:
             break
-        token = torch.tensor(ids, device=token.device)
     return out

@@ -20,6 +20,7 @@ Text = Annotated[str, AfterValidator(_valid_unicode)]
 NonEmptyText = Annotated[str, Field(min_length=1), AfterValidator(_valid_unicode)]
 Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
 Probability = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+LogitBias = Annotated[float, Field(ge=-100, le=100, allow_inf_nan=False)]
 
 
 class Request(BaseModel):
@@ -39,7 +40,19 @@ class SamplingFields(BaseModel):
     temperature: float = Field(default=1.0, ge=0, allow_inf_nan=False, description="0 = greedy")
     top_k: int = Field(default=0, ge=0, description="keep the k most likely tokens (0 = off)")
     top_p: Probability = Field(default=1.0, description="nucleus sampling mass (1 = off)")
+    min_p: float = Field(
+        default=0.0, ge=0, le=1, allow_inf_nan=False, description="drop tokens less likely than min_p x the top one"
+    )
     repetition_penalty: float = Field(default=1.0, gt=0, allow_inf_nan=False, description="CTRL penalty (1 = off)")
+    presence_penalty: float = Field(
+        default=0.0, ge=-2, le=2, allow_inf_nan=False, description="OpenAI's: minus this for each generated token seen"
+    )
+    frequency_penalty: float = Field(
+        default=0.0, ge=-2, le=2, allow_inf_nan=False, description="OpenAI's: minus this times each token's count"
+    )
+    logit_bias: dict[str, LogitBias] | None = Field(
+        default=None, description="token id (as a string) -> bias added to its logit, -100..100"
+    )
     stop: Text | list[Text] | None = Field(default=None, description="stop strings; the text ends before the first one")
     seed: Seed | None = Field(default=None, description="same request + same seed = same text")
     logprobs: int = Field(
@@ -58,6 +71,14 @@ class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int) -> Usage:
+        return cls(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )
 
 
 def event_stream_response(events: list[str] | None) -> dict[int | str, dict[str, Any]]:

@@ -10,6 +10,7 @@ from app.disconnect import unless_client_leaves
 from app.protocol.common import event_stream_response
 from app.protocol.completions import CompletionRequest, CompletionResponse
 from app.serving import completions as serving
+from app.serving.render import event_source
 
 router = APIRouter(prefix="/v1", tags=["completions"])
 
@@ -19,6 +20,7 @@ async def completions(
     body: CompletionRequest, models: ModelsDep, settings: SettingsDep, request: Request
 ) -> CompletionResponse | EventSourceResponse:
     prepared = serving.prepare_completion(models, settings, body)
+    started = serving.start_completion(prepared)  # admission (429) happens before a stream opens
     if body.stream:
-        return EventSourceResponse(serving.stream_completion(prepared))
-    return await unless_client_leaves(request, serving.complete(prepared))
+        return event_source(started[0], serving.CompletionStream(prepared))
+    return await unless_client_leaves(request, serving.complete(prepared, started))

@@ -1,10 +1,9 @@
-"""POST /v1/generate (whole or streamed) and POST /v1/next-token."""
+"""POST /v1/generate (whole or streamed, sampled or beam search) and POST /v1/next-token."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from sse_starlette.sse import EventSourceResponse
-from starlette.background import BackgroundTask
 
 from app.dependencies import ModelsDep, SettingsDep
 from app.disconnect import unless_client_leaves
@@ -12,6 +11,7 @@ from app.protocol.common import event_stream_response
 from app.protocol.generate import GenerateRequest, GenerateResponse, NextTokenRequest, NextTokenResponse
 from app.serving import beam
 from app.serving import generate as serving
+from app.serving.render import event_source
 
 router = APIRouter(prefix="/v1", tags=["generate"])
 
@@ -20,17 +20,16 @@ router = APIRouter(prefix="/v1", tags=["generate"])
 async def generate(
     body: GenerateRequest, models: ModelsDep, settings: SettingsDep, request: Request
 ) -> GenerateResponse | EventSourceResponse:
-    beam.check_beam_request(settings, body)
-    if body.beam_width > 1:
-        return await unless_client_leaves(request, beam.beam_generate(models, settings, body))
+    if body.beam_width > 1 or "length_penalty" in body.model_fields_set:
+        prepared, search = beam.prepare_beam(models, settings, body)
+        run = beam.start_beam(prepared, search)  # admission (429) before anything is answered
+        hypotheses = await unless_client_leaves(request, run.hypotheses())
+        return beam.beam_response(prepared, search, hypotheses)
     prepared = serving.prepare_generation(models, settings, body)
+    generation = prepared.start()  # admission (429) happens before a stream opens
     if body.stream:
-        generation = prepared.start()  # admission (429) happens before the stream opens
-        # The background task also covers a client gone before the stream's first event.
-        return EventSourceResponse(
-            serving.stream_generate(prepared, generation), background=BackgroundTask(generation.cancel)
-        )
-    return await unless_client_leaves(request, serving.generate(prepared))
+        return event_source(generation, serving.NativeStream(prepared))
+    return await unless_client_leaves(request, serving.generate(prepared, generation))
 
 
 @router.post("/next-token")

@@ -21,6 +21,7 @@ from app.protocol.sessions import (
     SessionNextTokenResponse,
 )
 from app.security import CallerDep
+from app.serving.render import event_source
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
@@ -58,7 +59,7 @@ async def generate(
 ) -> SessionGenerateResponse | EventSourceResponse:
     prepared = await sessions.start_generation(session_id, body, owner=caller)  # 404/409/429 before a stream opens
     if body.stream:
-        return EventSourceResponse(sessions.stream_generate(prepared))
+        return event_source(prepared.generation, sessions.stream(prepared))
     return await unless_client_leaves(request, sessions.generate(prepared))
 
 

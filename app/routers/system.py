@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.dependencies import MetricsDep, SettingsDep
-from app.errors import UNAUTHORIZED_RESPONSE
+from app.http_errors import UNAUTHORIZED_RESPONSE
 from app.registry import ModelRegistry
 from app.security import authenticate
 from app.serving.sessions import SessionService

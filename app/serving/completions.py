@@ -9,19 +9,20 @@ Finish reason `eos` (a word model generated <eos>) is reported as OpenAI's `stop
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from app.engine import GenerationResult, TokenEvent
+from app.engine import Generation, GenerationResult, TokenEvent
 from app.errors import InvalidRequest
 from app.protocol.common import SamplingFields, Usage
 from app.protocol.completions import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse
 from app.registry import ModelRegistry, ServedModel
 from app.serving.generate import PreparedGeneration
 from app.serving.limits import check_count, check_text
+from app.serving.render import Choice, Event, collect
 from app.serving.sampling import generation_settings
 from app.settings import Settings
 from model.tokenizer import Tokenizer
@@ -71,35 +72,44 @@ def prepare_completion(models: ModelRegistry, settings: Settings, request: Compl
     )
 
 
-async def complete(prepared: PreparedCompletion) -> CompletionResponse:
-    outcomes = await asyncio.gather(*(_run(prepared, g) for g in prepared.generations))
+def start_completion(prepared: PreparedCompletion) -> list[Generation]:
+    """Admit every prompt's generation (EngineBusy when the engine is full: none is left running)."""
+    started: list[Generation] = []
+    try:
+        for generation in prepared.generations:
+            engine = generation.served.engine
+            started.append(
+                engine.generate(engine.fresh(), generation.settings, generation.prompt_ids, prepared.prompt_logprobs)
+            )
+    except BaseException:
+        for admitted in started:
+            admitted.cancel()
+        raise
+    return started
+
+
+async def complete(prepared: PreparedCompletion, started: list[Generation]) -> CompletionResponse:
+    try:
+        outcomes = await asyncio.gather(*(collect(generation) for generation in started))
+    finally:
+        for generation in started:
+            generation.cancel()
     choices = [
-        _choice(prepared, index, prompt, generation, events, result)
-        for index, (prompt, generation, (events, result)) in enumerate(
+        _choice(prepared, index, prompt, generation, choice.events, choice.result)
+        for index, (prompt, generation, (choice,)) in enumerate(
             zip(prepared.prompts, prepared.generations, outcomes, strict=True)
         )
     ]
-    usages = [g.usage(len(result.token_ids)) for g, (_, result) in zip(prepared.generations, outcomes, strict=True)]
+    usages = [
+        g.usage(len(choice.result.token_ids)) for g, (choice,) in zip(prepared.generations, outcomes, strict=True)
+    ]
     return CompletionResponse(
         id=prepared.id,
         created=prepared.created,
         model=prepared.served.id,
         choices=choices,
-        usage=Usage(
-            prompt_tokens=sum(u.prompt_tokens for u in usages),
-            completion_tokens=sum(u.completion_tokens for u in usages),
-            total_tokens=sum(u.total_tokens for u in usages),
-        ),
+        usage=Usage.of(sum(u.prompt_tokens for u in usages), sum(u.completion_tokens for u in usages)),
     )
-
-
-async def _run(
-    prepared: PreparedCompletion, generation: PreparedGeneration
-) -> tuple[list[TokenEvent], GenerationResult]:
-    engine = generation.served.engine
-    job = engine.generate(engine.fresh(), generation.settings, generation.prompt_ids, prepared.prompt_logprobs)
-    async with job:
-        return await job.collect()
 
 
 def _choice(
@@ -168,27 +178,34 @@ def _join(first: CompletionLogprobs, second: CompletionLogprobs) -> CompletionLo
     )
 
 
-async def stream_completion(prepared: PreparedCompletion) -> AsyncIterator[dict[str, Any]]:
+class CompletionStream:
     """OpenAI's stream: `data: {chunk}` per token, a last chunk with finish_reason, then `data: [DONE]`."""
-    generation = prepared.generations[0]
-    tokenizer = generation.served.checkpoint.tokenizer
-    engine = generation.served.engine
-    job = engine.generate(engine.fresh(), generation.settings, generation.prompt_ids)
-    position = 0
-    async with job:
-        if prepared.request.echo:
-            position = len(prepared.prompts[0])
-            yield _chunk(prepared, prepared.prompts[0], None, None)
-        async for event in job:
-            logprobs = None
-            if prepared.request.logprobs is not None:
-                logprobs = _generated_logprobs(tokenizer, [event], start=position)
-            position += len(event.piece)
-            yield _chunk(prepared, event.text, logprobs, None)
-        result = job.result
-        assert result is not None
-        yield _chunk(prepared, "", None, _finish(result))
-    yield {"data": "[DONE]"}
+
+    def __init__(self, prepared: PreparedCompletion) -> None:
+        self.prepared = prepared
+        self.tokenizer = prepared.served.checkpoint.tokenizer
+        self.position = len(prepared.prompts[0]) if prepared.request.echo else 0
+        self.echoed = not prepared.request.echo
+
+    def token(self, event: TokenEvent) -> Event:
+        logprobs = None
+        if self.prepared.request.logprobs is not None:
+            logprobs = _generated_logprobs(self.tokenizer, [event], start=self.position)
+        self.position += len(event.piece)
+        text = event.text
+        if not self.echoed:  # the prompt goes out with the first token
+            text, self.echoed = self.prepared.prompts[0] + text, True
+        return _chunk(self.prepared, text, logprobs, None)
+
+    async def finish(self, choices: list[Choice]) -> list[Event]:
+        (choice,) = choices
+        closing = []
+        if not self.echoed:
+            closing.append(_chunk(self.prepared, self.prepared.prompts[0], None, None))
+        return [*closing, _chunk(self.prepared, "", None, _finish(choice.result)), {"data": "[DONE]"}]
+
+    def error(self, error_type: str, message: str) -> Event:
+        return {"data": json.dumps({"error": {"type": error_type, "message": message}})}
 
 
 def _chunk(

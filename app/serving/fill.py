@@ -26,13 +26,13 @@ import math
 
 import torch
 
-from app.engine import Engine, SequenceState
+from app.engine import Engine, SequenceState, finite
 from app.errors import InvalidRequest, LimitExceeded
 from app.protocol.fill import FillCandidate, FillRequest, FillResponse, MethodUsed
 from app.registry import ModelRegistry, ServedModel
-from app.serving.beam import Hypothesis, beam_search_slot, run_beam_search
 from app.serving.limits import check_text
 from app.settings import Settings
+from model.beam_search import BeamSettings, Hypothesis
 from model.tokenizer import Tokenizer
 
 JUNCTION_CHARS = 8  # characters of the other side each direction reads across the join (char models)
@@ -109,7 +109,7 @@ async def fill(models: ModelRegistry, settings: Settings, request: FillRequest) 
     gap = Gap(request.text, request.gap, served.checkpoint.tokenizer)
     pool = rescore if request.method == "exact" else request.top_k
     if served.level == "char":
-        ranked, after_left = await _rank_spans(served, backward, gap, pool, max_chars, settings)
+        ranked, after_left = await _rank_spans(served, backward, gap, pool, max_chars)
     else:
         ranked, after_left = await _rank_words(served, backward, gap, pool)
     method_used: MethodUsed = "fast" if backward is not None else "forward-only"
@@ -146,10 +146,10 @@ def _candidate(
         text=text,
         filled=gap.filled(text),
         token_ids=ids,
-        score=_finite(score),
+        score=finite(score),
         prob=prob,
-        forward_logprob=_finite(forward),
-        backward_logprob=None if backward is None else _finite(backward),
+        forward_logprob=finite(forward),
+        backward_logprob=None if backward is None else finite(backward),
     )
 
 
@@ -198,13 +198,12 @@ async def _rank_spans(
     gap: Gap,
     pool: int,
     max_chars: int,
-    settings: Settings,
 ) -> tuple[list[FillCandidate], SequenceState]:
     """The `pool` best spans proposed by a forward beam, ranked by both directions reading across the join."""
     tokenizer = served.checkpoint.tokenizer
     engine = served.engine
     after_left = (await engine.feed(engine.fresh(), gap.left_ids, with_logprobs=False)).end
-    spans = [h.ids for h in await _propose_spans(served, after_left, max(pool, MIN_SPAN_BEAM), max_chars, settings)]
+    spans = [h.ids for h in await _propose_spans(served, after_left, max(pool, MIN_SPAN_BEAM), max_chars)]
     if not spans:
         return [], after_left
     boundary = tokenizer.boundary_id
@@ -235,19 +234,17 @@ async def _rank_spans(
 
 
 async def _propose_spans(
-    served: ServedModel, start: SequenceState, beam_width: int, max_chars: int, settings: Settings
+    served: ServedModel, start: SequenceState, beam_width: int, max_chars: int
 ) -> list[Hypothesis]:
-    """Every beam of every length 1..max_chars from the left context (in a worker thread, like beam search)."""
-    with beam_search_slot(served, settings):
-        return await run_beam_search(
-            served,
-            start,
-            beam_width=beam_width,
-            max_tokens=max_chars,
-            banned=_excluded(served.checkpoint.tokenizer),
-            keep_prefixes=True,
-            with_greedy=False,
-        )
+    """Every beam of every length 1..max_chars from the left context (a beam search in the engine)."""
+    search = BeamSettings(
+        beam_width=beam_width,
+        max_tokens=max_chars,
+        banned=tuple(_excluded(served.checkpoint.tokenizer)),
+        keep_prefixes=True,
+        with_greedy=False,
+    )
+    return await served.engine.beam(start, search).hypotheses()
 
 
 async def _sum_logprobs(engine: Engine, start: SequenceState, texts: list[list[int]]) -> list[float]:
@@ -270,16 +267,11 @@ async def _rescore(
     return [
         candidates[i].model_copy(
             update={
-                "score": _finite(scores[i]),
+                "score": finite(scores[i]),
                 "prob": probs[i],
-                "forward_logprob": _finite(scores[i]),
+                "forward_logprob": finite(scores[i]),
                 "backward_logprob": None,
             }
         )
         for i in order
     ]
-
-
-def _finite(value: float) -> float:
-    """JSON has no -inf: a fill of probability 0 gets the most negative float instead."""
-    return value if math.isfinite(value) else -1e30

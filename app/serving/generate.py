@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from app.engine import EngineClosed, Generation, GenerationSettings, NextTokenResult, TokenEvent
+from app.engine import Generation, GenerationSettings, NextTokenResult, TokenEvent, finite
 from app.protocol.common import TokenLogprob, Usage
 from app.protocol.generate import (
     GeneratedToken,
@@ -23,6 +21,7 @@ from app.protocol.generate import (
 )
 from app.registry import ModelRegistry, ServedModel
 from app.serving.limits import check_text, check_top_k
+from app.serving.render import Choice, Event, collect
 from app.serving.sampling import generation_settings
 from app.settings import Settings
 from model.tokenizer import Tokenizer
@@ -42,12 +41,7 @@ class PreparedGeneration:
         return engine.generate(engine.fresh(), self.settings, self.prompt_ids)
 
     def usage(self, completion_tokens: int) -> Usage:
-        prompt_tokens = len(self.prompt_ids)
-        return Usage(
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            total_tokens=prompt_tokens + completion_tokens,
-        )
+        return Usage.of(len(self.prompt_ids), completion_tokens)
 
 
 def prepare_generation(models: ModelRegistry, settings: Settings, request: GenerateRequest) -> PreparedGeneration:
@@ -66,39 +60,44 @@ def generated_token(tokenizer: Tokenizer, event: TokenEvent) -> GeneratedToken:
     )
 
 
-async def generate(prepared: PreparedGeneration) -> GenerateResponse:
+async def generate(prepared: PreparedGeneration, generation: Generation) -> GenerateResponse:
     tokenizer = prepared.served.checkpoint.tokenizer
-    async with prepared.start() as generation:
-        events, result = await generation.collect()
+    (choice,) = await collect(generation)
     return GenerateResponse(
         model=prepared.served.id,
-        text="".join(event.text for event in events),
-        finish_reason=result.finish_reason,
-        tokens=[generated_token(tokenizer, event) for event in events],
-        usage=prepared.usage(len(result.token_ids)),
+        text=choice.text,
+        finish_reason=choice.result.finish_reason,
+        tokens=[generated_token(tokenizer, event) for event in choice.events],
+        usage=prepared.usage(len(choice.result.token_ids)),
     )
 
 
-async def stream_generate(prepared: PreparedGeneration, generation: Generation) -> AsyncIterator[dict[str, Any]]:
-    """SSE events: `token` per generated token, then `done` (or `error`); leaving early cancels."""
-    tokenizer = prepared.served.checkpoint.tokenizer
-    async with generation:
-        try:
-            async for event in generation:
-                yield {"event": "token", "data": generated_token(tokenizer, event).model_dump_json()}
-        except EngineClosed as exc:
-            yield {"event": "error", "data": _error_json("unavailable", str(exc))}
-            return
-        result = generation.result
-        assert result is not None
+class NativeStream:
+    """/v1/generate's stream: a `token` event per token, then `done` with the finish reason and usage."""
+
+    def __init__(self, prepared: PreparedGeneration) -> None:
+        self.prepared = prepared
+        self.tokenizer = prepared.served.checkpoint.tokenizer
+
+    def token(self, event: TokenEvent) -> Event:
+        return {"event": "token", "data": generated_token(self.tokenizer, event).model_dump_json()}
+
+    async def finish(self, choices: list[Choice]) -> list[Event]:
+        (choice,) = choices
         done = StreamDone(
-            model=prepared.served.id, finish_reason=result.finish_reason, usage=prepared.usage(len(result.token_ids))
+            model=self.prepared.served.id,
+            finish_reason=choice.result.finish_reason,
+            usage=self.prepared.usage(len(choice.result.token_ids)),
         )
-        yield {"event": "done", "data": done.model_dump_json()}
+        return [{"event": "done", "data": done.model_dump_json()}]
+
+    def error(self, error_type: str, message: str) -> Event:
+        return error_event(error_type, message)
 
 
-def _error_json(error_type: str, message: str) -> str:
-    return json.dumps({"error": {"type": error_type, "message": message}})
+def error_event(error_type: str, message: str) -> Event:
+    """The named `error` event of the native streams."""
+    return {"event": "error", "data": json.dumps({"error": {"type": error_type, "message": message}})}
 
 
 async def next_token(models: ModelRegistry, settings: Settings, request: NextTokenRequest) -> NextTokenResponse:
@@ -128,7 +127,7 @@ def next_token_response(
             token=tokenizer.tokens[int(i)],
             text=tokenizer.piece(int(i), previous),
             prob=float(p),
-            logprob=max(float(logprobs[int(i)]), -1e30),
+            logprob=finite(float(logprobs[int(i)])),
         )
         for p, i in zip(top_probs, top_ids, strict=True)
     ]

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from app.engine import GenerationSettings
+from app.errors import InvalidRequest
 from app.protocol.common import SamplingFields
 from app.registry import ServedModel
 from app.serving.limits import check_logprobs, check_max_tokens, check_top_k, stop_strings
 from app.settings import Settings
-from model.inference import SamplingParams
-from model.tokenizer import WordTokenizer
+from model.sampling import SamplingParams
+from model.tokenizer import Tokenizer, WordTokenizer
 
 
 def generation_settings(
-    settings: Settings, served: ServedModel, fields: SamplingFields, history: list[int]
+    settings: Settings, served: ServedModel, fields: SamplingFields, history: list[int], min_tokens: int = 0
 ) -> GenerationSettings:
     """`history` (usually the prompt's ids) seeds the repetition penalty."""
     tokenizer = served.checkpoint.tokenizer
@@ -29,11 +30,29 @@ def generation_settings(
             temperature=fields.temperature,
             top_k=fields.top_k,
             top_p=fields.top_p,
+            min_p=fields.min_p,
             repetition_penalty=fields.repetition_penalty,
+            presence_penalty=fields.presence_penalty,
+            frequency_penalty=fields.frequency_penalty,
+            logit_bias=logit_bias(tokenizer, fields.logit_bias),
         ),
         seed=fields.seed,
         stop=stop_strings(settings, fields.stop),
         eos_id=eos_id,
         top_logprobs=fields.logprobs,
         history=tuple(history),
+        min_tokens=min_tokens,
     )
+
+
+def logit_bias(tokenizer: Tokenizer, bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
+    """OpenAI's `logit_bias` (token id as a string -> bias), each id checked against the vocabulary."""
+    checked = []
+    for key, value in (bias or {}).items():
+        if not (key.isdigit() and int(key) < tokenizer.vocab_size):
+            raise InvalidRequest(
+                f"logit_bias key {key!r} is not a token id of this model (0..{tokenizer.vocab_size - 1})",
+                field="logit_bias",
+            )
+        checked.append((int(key), float(value)))
+    return tuple(checked)

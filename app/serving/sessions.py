@@ -17,7 +17,6 @@ token as it arrives.
 from __future__ import annotations
 
 import hmac
-import json
 import math
 import re
 import secrets
@@ -27,9 +26,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
 
-from app.engine import EngineClosed, Generation, GenerationResult, SequenceState
+from app.engine import Generation, GenerationResult, SequenceState
 from app.errors import InvalidRequest, NotFound, ServiceError
 from app.protocol.common import Usage
 from app.protocol.score import ScoredToken
@@ -45,8 +43,9 @@ from app.protocol.sessions import (
     SessionStreamDone,
 )
 from app.registry import ModelRegistry, ServedModel
-from app.serving.generate import generated_token, next_token_response
+from app.serving.generate import NativeStream, generated_token, next_token_response
 from app.serving.limits import check_text, check_top_k
+from app.serving.render import Choice, Event, collect
 from app.serving.sampling import generation_settings
 from app.session_codec import SessionCodecError, SessionRecord, decode_session, encode_session
 from app.session_store import EmbeddedRedis, RedisSessionStore, SessionStore, StoreUnavailable, VersionConflict
@@ -123,12 +122,7 @@ class SessionGeneration:
     generation: Generation
 
     def usage(self, completion_tokens: int) -> Usage:
-        prompt_tokens = self.session.record.token_count + len(self.flushed.ids)
-        return Usage(
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            total_tokens=prompt_tokens + completion_tokens,
-        )
+        return Usage.of(self.session.record.token_count + len(self.flushed.ids), completion_tokens)
 
 
 class SessionService:
@@ -238,49 +232,24 @@ class SessionService:
 
     async def generate(self, prepared: SessionGeneration) -> SessionGenerateResponse:
         tokenizer = prepared.session.served.checkpoint.tokenizer
-        async with prepared.generation as generation:
-            events, result = await generation.collect()
-        info = await self._save_generation(prepared, result)
+        (choice,) = await collect(prepared.generation)
+        info = await self.save_generation(prepared, choice.result)
         return SessionGenerateResponse(
             session=info,
-            text="".join(event.text for event in events),
-            finish_reason=result.finish_reason,
-            tokens=[generated_token(tokenizer, event) for event in events],
-            usage=prepared.usage(len(result.token_ids)),
+            text=choice.text,
+            finish_reason=choice.result.finish_reason,
+            tokens=[generated_token(tokenizer, event) for event in choice.events],
+            usage=prepared.usage(len(choice.result.token_ids)),
         )
 
-    async def stream_generate(self, prepared: SessionGeneration) -> AsyncIterator[dict[str, Any]]:
-        """SSE events as /v1/generate: `token` per token, then `done` with the saved session (or `error`).
+    def stream(self, prepared: SessionGeneration) -> SessionStream:
+        """Events as /v1/generate's, then `done` with the saved session (or `error`).
 
         A client that leaves early cancels the generation; the session then stays as it was.
         """
-        tokenizer = prepared.session.served.checkpoint.tokenizer
-        async with prepared.generation as generation:
-            try:
-                async for event in generation:
-                    yield {"event": "token", "data": generated_token(tokenizer, event).model_dump_json()}
-            except EngineClosed as exc:
-                yield _error_event("unavailable", str(exc))
-                return
-            result = generation.result
-            assert result is not None
-            try:
-                info = await self._save_generation(prepared, result)
-            except ServiceError as exc:  # the stream is open: no status code can say it any more
-                yield _error_event(exc.error_type, exc.message)
-                return
-            except StoreUnavailable as exc:
-                yield _error_event("unavailable", str(exc))
-                return
-            done = SessionStreamDone(
-                session=info,
-                model=prepared.session.served.id,
-                finish_reason=result.finish_reason,
-                usage=prepared.usage(len(result.token_ids)),
-            )
-            yield {"event": "done", "data": done.model_dump_json()}
+        return SessionStream(self, prepared)
 
-    async def _save_generation(self, prepared: SessionGeneration, result: GenerationResult) -> SessionInfo:
+    async def save_generation(self, prepared: SessionGeneration, result: GenerationResult) -> SessionInfo:
         """The session after the flushed text and every generated token (a stop string included)."""
         return await self._save(prepared.session, result.end, [*prepared.flushed.ids, *result.token_ids], "")
 
@@ -399,8 +368,25 @@ def _not_found(session_id: str) -> NotFound:
     return NotFound(f"no session {session_id!r} (unknown, expired or deleted)", session=session_id)
 
 
-def _error_event(error_type: str, message: str) -> dict[str, Any]:
-    return {"event": "error", "data": json.dumps({"error": {"type": error_type, "message": message}})}
+class SessionStream(NativeStream):
+    """A session generation's stream: the native token events; `done` once the session is saved."""
+
+    def __init__(self, sessions: SessionService, prepared: SessionGeneration) -> None:
+        self.sessions = sessions
+        self.session_generation = prepared
+        self.tokenizer = prepared.session.served.checkpoint.tokenizer
+
+    async def finish(self, choices: list[Choice]) -> list[Event]:
+        (choice,) = choices
+        prepared = self.session_generation
+        info = await self.sessions.save_generation(prepared, choice.result)
+        done = SessionStreamDone(
+            session=info,
+            model=prepared.session.served.id,
+            finish_reason=choice.result.finish_reason,
+            usage=prepared.usage(len(choice.result.token_ids)),
+        )
+        return [{"event": "done", "data": done.model_dump_json()}]
 
 
 @asynccontextmanager

@@ -5,18 +5,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import httpx
 import pytest
 import torch
 
-from app.engine import SequenceState
-from app.serving import beam
-from app.serving.beam import Hypothesis, beam_search, normalised_score
-from model.checkpoint import save_checkpoint
+from app.engine import Engine
+from model.beam_search import BeamSettings, Hypothesis, beam_search, normalised_score
+from model.checkpoint import Checkpoint, save_checkpoint
 from model.inference import feed_tokens, prime
 from model.network import RNNLM
 from model.tokenizer import Tokenizer
@@ -91,13 +88,29 @@ async def test_word_beam_finishes_at_eos_with_normalised_score(client: httpx.Asy
         assert beam["finish_reason"] == "length" and length == 12
 
 
-def test_a_beam_as_wide_as_the_search_space_finds_the_most_likely_sequence() -> None:
+async def search_in_engine(
+    model: RNNLM, tokenizer: Tokenizer, prompt: list[int], settings: BeamSettings
+) -> list[Hypothesis]:
+    """The search as the server runs it (rows in the engine's batch), checked against the same search run alone."""
+    engine = Engine(Checkpoint(model=model, tokenizer=tokenizer))
+    engine.start()
+    try:
+        found = await engine.beam(engine.fresh(), settings, prompt).hypotheses()
+    finally:
+        engine.close()
+    state, pending = prime(model, tokenizer.boundary_id, [prompt])
+    alone = beam_search(model, state, pending[0], settings)
+    assert [h.ids for h in found] == [h.ids for h in alone]
+    return found
+
+
+async def test_a_beam_as_wide_as_the_search_space_finds_the_most_likely_sequence() -> None:
     tokenizer = word_tokenizer()
     model = tiny_model(tokenizer, seed=5)
     vocab, steps = tokenizer.vocab_size, 3
     prompt = tokenizer.encode("the cat").ids
-    state, pending = prime(model, tokenizer.boundary_id, [prompt])
-    found = beam_search(model, state, pending[0], beam_width=vocab**2, max_tokens=steps, with_greedy=False)
+    settings = BeamSettings(beam_width=vocab**2, max_tokens=steps, with_greedy=False)
+    found = await search_in_engine(model, tokenizer, prompt, settings)
     everything = [list(seq) for seq in itertools.product(range(vocab), repeat=steps)]
     states, pendings = prime(model, tokenizer.boundary_id, [prompt] * len(everything))
     logprobs, _, _ = feed_tokens(model, states, pendings, everything)
@@ -150,13 +163,13 @@ async def test_max_tokens_zero_gives_an_empty_beam(client: httpx.AsyncClient) ->
 
 
 @pytest.mark.parametrize("length_penalty", [0.0, 0.6, 2.0])
-def test_a_wide_beam_with_an_end_token_stops_early_without_missing_the_best(length_penalty: float) -> None:
+async def test_a_wide_beam_with_an_end_token_stops_early_without_missing_the_best(length_penalty: float) -> None:
     tokenizer = word_tokenizer()
     model = peaky_model(tokenizer, seed=0)
     vocab, eos, steps = tokenizer.vocab_size, tokenizer.eos_id, 3
     prompt = tokenizer.encode("a cat").ids
-    state, pending = prime(model, tokenizer.boundary_id, [prompt])
-    found = beam_search(model, state, pending[0], vocab**2, steps, length_penalty, eos_id=eos, with_greedy=False)
+    settings = BeamSettings(vocab**2, steps, length_penalty, eos_id=eos, with_greedy=False)
+    found = await search_in_engine(model, tokenizer, prompt, settings)
     # Every answer there is: ends at <eos> (which appears only last) or runs to `steps` tokens.
     answers = [
         list(seq)
@@ -172,25 +185,24 @@ def test_a_wide_beam_with_an_end_token_stops_early_without_missing_the_best(leng
     assert found[0].score(length_penalty) == pytest.approx(scores[best], abs=1e-4)
 
 
-async def test_cancelling_a_beam_search_stops_its_worker_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The search runs in a thread, which a cancelled coroutine cannot stop: the stop event does."""
+async def test_cancelling_a_beam_search_takes_its_rows_out_of_the_engine() -> None:
+    """The search runs in the engine's batch; a cancelled caller frees its rows and its admission."""
     tokenizer = char_tokenizer()
-    served = SimpleNamespace(checkpoint=SimpleNamespace(model=peaky_model(tokenizer, seed=2)))
-    state, pending = prime(served.checkpoint.model, tokenizer.boundary_id, [tokenizer.encode("th").ids])
-    returned = threading.Event()
-
-    def recorded(*args: object, **kwargs: object) -> list[Hypothesis]:
-        try:
-            return beam_search(*args, **kwargs)  # type: ignore[arg-type]
-        finally:
-            returned.set()
-
-    monkeypatch.setattr(beam, "beam_search", recorded)
-    start = SequenceState(state=state, pending=pending[0])
-    task = asyncio.create_task(beam.run_beam_search(served, start, beam_width=4, max_tokens=10_000_000))  # type: ignore[arg-type]
-    await asyncio.sleep(0.2)
-    assert not returned.is_set()  # still searching: ten million steps take hours
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert await asyncio.to_thread(returned.wait, 5.0), "the worker thread went on searching for nobody"
+    engine = Engine(Checkpoint(model=peaky_model(tokenizer, seed=2), tokenizer=tokenizer), max_active=1)
+    engine.start()
+    try:
+        run = engine.beam(engine.fresh(), BeamSettings(beam_width=4, max_tokens=10_000_000), tokenizer.encode("th").ids)
+        task = asyncio.create_task(run.hypotheses())
+        await asyncio.sleep(0.2)
+        assert not task.done()  # still searching: ten million steps take hours
+        assert engine.active_generations == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(200):
+            if engine.active_generations == 0 and not engine._pool.rows:
+                break
+            await asyncio.sleep(0.01)
+        assert engine.active_generations == 0 and not engine._pool.rows, "the search went on for nobody"
+    finally:
+        engine.close()

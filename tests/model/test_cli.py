@@ -10,7 +10,8 @@ import torch
 
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.cli import main
-from model.inference import SamplingParams, feed_tokens, fresh_sequences, generate_ids
+from model.inference import feed_tokens, fresh_sequences, generate_ids
+from model.sampling import SamplingParams
 from tests.factories import char_tokenizer, make_checkpoint, tiny_model
 
 

@@ -3,18 +3,9 @@ import math
 import pytest
 import torch
 
-from model.inference import (
-    SamplingParams,
-    advance,
-    feed_tokens,
-    fresh_sequences,
-    generate_ids,
-    make_generator,
-    prime,
-    sample_next,
-    sampling_distribution,
-)
+from model.inference import advance, feed_tokens, fresh_sequences, generate_ids, prime
 from model.network import cat_states, split_state
+from model.sampling import SamplerInputs, SamplingParams, sample, sampling_probs
 from tests.factories import char_tokenizer, tiny_model
 
 
@@ -69,6 +60,14 @@ def test_advance_matches_feed() -> None:
     assert math.isclose(float(torch.log_softmax(logits[0], -1)[probe[0]]), float(logprobs[0][0]), rel_tol=1e-5)
 
 
+def sampling_distribution(logits: torch.Tensor, params: SamplingParams, history: list[int]) -> torch.Tensor:
+    """One row's distribution after every setting, the history marking the seen tokens."""
+    seen = torch.zeros(1, logits.numel(), dtype=torch.bool)
+    seen[0, history] = True
+    inputs = SamplerInputs([params], torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), seen=seen)
+    return sampling_probs(logits.unsqueeze(0), inputs)[0]
+
+
 def test_greedy_top_k_top_p_and_penalty() -> None:
     logits = torch.tensor([1.0, 3.0, 2.0, 0.5])
     greedy = sampling_distribution(logits, SamplingParams(temperature=0), [])
@@ -86,8 +85,9 @@ def test_seed_reproduces_whatever_shares_the_batch() -> None:
     torch.manual_seed(1)
     logits = torch.randn(5, 50)
     params = [SamplingParams(temperature=1.0, top_k=20)] * 5
-    alone, _ = sample_next(logits[2:3], params[:1], [make_generator(42)], [[]])
-    batch, _ = sample_next(logits, params, [make_generator(i) for i in (7, 8, 42, 9, 10)], [[]] * 5)
+    steps = torch.zeros(5, dtype=torch.long)
+    alone = sample(logits[2:3], SamplerInputs(params[:1], torch.tensor([42]), steps[:1]))
+    batch = sample(logits, SamplerInputs(params, torch.tensor([7, 8, 42, 9, 10]), steps))
     assert alone[0] == batch[2]
 
 

@@ -1,0 +1,286 @@
+"""The batched sampler: every row of a decode step sampled at once, with its own settings.
+
+All of it is tensor work on the logits' device; nothing loops over rows or sorts the
+vocabulary. Per row, in this order:
+
+1. `logit_bias` is added to the raw logits (OpenAI's field);
+2. the CTRL repetition penalty (Keskar et al. 2019) shrinks the logits of tokens seen
+   so far (the prompt included); OpenAI's presence and frequency penalties subtract
+   `presence * [count > 0] + frequency * count` for the tokens generated so far;
+3. banned tokens (e.g. the end of text before `min_tokens`) get -inf;
+4. temperature 0 is greedy (argmax); otherwise softmax(logits / temperature), then the
+   top-k, nucleus (top-p, Holtzman et al. 2020) and min-p filters keep a set of tokens;
+5. one uniform number per row picks a token by the inverse CDF of the kept mass, in
+   vocabulary order.
+
+The uniform number is a counter-based stream: a hash of (seed, step), where step counts
+the row's own sampled tokens. A seeded row therefore draws the same numbers whatever
+else shares the batch, on any device. The nucleus is found without a sort by a radix
+select over the probabilities' float bits, summing integer (fixed-point) masses, so
+the cut is exact and its sums do not depend on summation order (atomics on a GPU).
+Across devices, same seed gives the same text as long as the model's probabilities
+agree to within the gaps between cumulative masses: a CPU and a GPU usually agree,
+but a token may differ where two outcomes are within float rounding of each other.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+MASK32 = 0xFFFFFFFF
+FIXED_POINT = 2.0**40  # probabilities as integers for the nucleus search: exact, order-free sums
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """One row's settings; temperature 0 is greedy, and each filter or penalty at its default is off."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError("temperature must be a finite number >= 0")
+        if self.top_k < 0:
+            raise ValueError("top_k must be >= 0")
+        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
+            raise ValueError("top_p must be in (0, 1]")
+        if not (math.isfinite(self.min_p) and 0 <= self.min_p <= 1):
+            raise ValueError("min_p must be in [0, 1]")
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
+            raise ValueError("repetition_penalty must be a finite number > 0")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number")
+        if not all(math.isfinite(bias) for _, bias in self.logit_bias):
+            raise ValueError("logit_bias values must be finite numbers")
+
+    @property
+    def uses_history(self) -> bool:
+        """Whether the row needs its seen tokens and generated counts."""
+        return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+
+@dataclass(frozen=True)
+class SamplerInputs:
+    """What the sampler needs besides the logits, one row each.
+
+    `seen` (B, V) bool marks the tokens of the history (prompt and generated, for the
+    repetition penalty); `counts` (B, V) counts the generated tokens (presence and
+    frequency penalties); `banned` (B, V) bool forbids tokens. Each may be None when no
+    row needs it.
+    """
+
+    params: list[SamplingParams]
+    seeds: Tensor  # (B,) int64
+    steps: Tensor  # (B,) int64
+    seen: Tensor | None = None
+    counts: Tensor | None = None
+    banned: Tensor | None = None
+
+
+def _column(values: list[float], like: Tensor) -> Tensor:
+    return torch.tensor(values, dtype=like.dtype, device=like.device).unsqueeze(1)  # (B, 1)
+
+
+def process_logits(logits: Tensor, inputs: SamplerInputs) -> Tensor:
+    """The logits after bias, penalties and bans (B, V), float32; the input is left as it was."""
+    params = inputs.params
+    logits = logits.float().clone()
+    bias = [(row, token, value) for row, p in enumerate(params) for token, value in p.logit_bias]
+    if bias:
+        rows, tokens, values = zip(*bias, strict=True)
+        index = (torch.tensor(rows, device=logits.device), torch.tensor(tokens, device=logits.device))
+        logits.index_put_(index, torch.tensor(values, device=logits.device), accumulate=True)
+    if inputs.seen is not None and any(p.repetition_penalty != 1.0 for p in params):
+        penalty = _column([p.repetition_penalty for p in params], logits)
+        shrunk = torch.where(logits > 0, logits / penalty, logits * penalty)
+        logits = torch.where(inputs.seen, shrunk, logits)
+    if inputs.counts is not None and any(p.presence_penalty or p.frequency_penalty for p in params):
+        presence = _column([p.presence_penalty for p in params], logits)
+        frequency = _column([p.frequency_penalty for p in params], logits)
+        logits = logits - inputs.counts * frequency - (inputs.counts > 0).float() * presence
+    if inputs.banned is not None:
+        logits = logits.masked_fill(inputs.banned, -math.inf)
+    return logits
+
+
+def sampling_probs(logits: Tensor, inputs: SamplerInputs) -> Tensor:
+    """The distribution each row is sampled from (B, V), float32, after every setting (one-hot when greedy)."""
+    params = inputs.params
+    logits = process_logits(logits, inputs)
+    greedy = torch.tensor([p.temperature == 0 for p in params], device=logits.device)
+    temperature = _column([p.temperature or 1.0 for p in params], logits)
+    probs = torch.softmax(logits / temperature, dim=-1)  # (B, V)
+    probs = probs * _kept(probs, params)
+    if bool(greedy.any()):
+        one_hot = torch.zeros_like(probs).scatter_(1, logits.argmax(dim=-1, keepdim=True), 1.0)
+        probs = torch.where(greedy.unsqueeze(1), one_hot, probs)
+    return probs / probs.sum(dim=-1, keepdim=True)
+
+
+def _kept(probs: Tensor, params: list[SamplingParams]) -> Tensor:
+    """(B, V) bool: the tokens top-k, then top-p (over the renormalised top-k mass), then min-p keep."""
+    keep = torch.ones_like(probs, dtype=torch.bool)
+    top_k = [p.top_k if 0 < p.top_k < probs.shape[1] else 0 for p in params]
+    if any(top_k):
+        values = torch.topk(probs, max(top_k), dim=-1).values  # (B, K), most likely first
+        kth = values.gather(1, (torch.tensor(top_k, device=probs.device) - 1).clamp(min=0).unsqueeze(1))
+        kth = torch.where(torch.tensor(top_k, device=probs.device).unsqueeze(1) > 0, kth, 0.0)
+        keep &= probs >= kth  # ties with the k-th token are kept
+    nucleus_rows = [row for row, p in enumerate(params) if p.top_p < 1.0]
+    if nucleus_rows:
+        rows = torch.tensor(nucleus_rows, device=probs.device)
+        top_p = torch.tensor([params[row].top_p for row in nucleus_rows], dtype=torch.float64, device=probs.device)
+        keep[rows] &= nucleus(probs[rows] * keep[rows], top_p)
+    if any(p.min_p > 0 for p in params):
+        min_p = _column([p.min_p for p in params], probs)
+        keep &= probs >= min_p * probs.max(dim=-1, keepdim=True).values
+    return keep
+
+
+def nucleus(probs: Tensor, top_p: Tensor) -> Tensor:
+    """(R, V) bool: the smallest set of most likely tokens whose mass reaches `top_p` of each row's total.
+
+    A radix select, 8 bits a pass, over the float bits of the probabilities (for
+    non-negative floats, the bits order as the values do) finds the probability of
+    the last token in: every token at least that likely is kept (ties all go in).
+    """
+    weights = (probs.double() * FIXED_POINT).floor().long()  # (R, V) fixed-point masses
+    target = (top_p * weights.sum(dim=1).double()).ceil().long()  # (R,)
+    bits = probs.float().contiguous().view(torch.int32).long()  # (R, V), < 2**31 for p >= 0
+    above = torch.zeros_like(target)  # mass of the tokens known to be above the threshold
+    prefix = torch.zeros_like(target)  # the threshold's bits found so far
+    for shift in (24, 16, 8, 0):
+        digit = (bits >> shift) & 255
+        in_range = weights if shift == 24 else weights * ((bits >> (shift + 8)) == prefix.unsqueeze(1))
+        histogram = torch.zeros(bits.shape[0], 256, dtype=torch.long, device=bits.device)
+        histogram.scatter_add_(1, digit, in_range)
+        at_or_above = histogram.flip(1).cumsum(1).flip(1)  # (R, 256): mass of this digit and higher ones
+        chosen = ((above.unsqueeze(1) + at_or_above) >= target.unsqueeze(1)).sum(
+            1
+        ) - 1  # the highest digit that reaches
+        chosen = chosen.clamp(min=0)
+        above += at_or_above.gather(1, chosen.unsqueeze(1)).squeeze(1) - histogram.gather(
+            1, chosen.unsqueeze(1)
+        ).squeeze(1)
+        prefix = prefix * 256 + chosen
+    return bits >= prefix.unsqueeze(1)
+
+
+def _mix32(x: Tensor) -> Tensor:
+    """murmur3's 32-bit finaliser on int64 tensors holding 32-bit values (no signed overflow)."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = _mul32(x, 0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def _mul32(x: Tensor, constant: int) -> Tensor:
+    """(x * constant) mod 2**32, in two 16-bit halves so no product leaves int64."""
+    low = x * (constant & 0xFFFF)
+    high = ((x * (constant >> 16)) & 0xFFFF) << 16
+    return (low + high) & MASK32
+
+
+def uniforms(seeds: Tensor, steps: Tensor, attempt: int = 0) -> Tensor:
+    """One uniform number in [0, 1) per row from (seed, step, attempt): a counter-based stream, float64."""
+    seeds, steps = seeds.long(), steps.long()
+    word = _mix32((steps & MASK32) ^ 0x243F6A88)
+    word = _mix32(word ^ (seeds & MASK32))
+    word = _mix32(word ^ ((seeds >> 32) & MASK32))
+    word = _mix32(word ^ (0x85A308D3 + attempt))
+    second = _mix32(word ^ 0x13198A2E)
+    return ((word >> 5).double() * 2.0**26 + (second >> 6).double()) / 2.0**53
+
+
+def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
+    """(R,) the token where each row's cumulative mass (in vocabulary order) passes u times its total."""
+    cumulative = probs.double().cumsum(dim=-1)  # (R, V)
+    index = torch.searchsorted(cumulative, (u.to(probs.device) * cumulative[:, -1]).unsqueeze(1), right=True)
+    index = index.squeeze(1).clamp(max=probs.shape[1] - 1)
+    landed = probs.gather(1, index.unsqueeze(1)).squeeze(1)
+    if bool((landed == 0).any()):  # u * total rounded up to the total: take the last token with any mass
+        last = probs.shape[1] - 1 - (probs > 0).flip(1).int().argmax(dim=1)
+        index = torch.where(landed == 0, last, index)
+    return index
+
+
+def _in_filters(probs: Tensor, index: Tensor, params: list[SamplingParams]) -> Tensor:
+    """(R,) bool: whether each row's token `index` is one its top-k, top-p and min-p filters keep.
+
+    Only for rows that use at most one of top-k and top-p (the nucleus is then over the whole mass).
+    """
+    chosen = probs.gather(1, index.unsqueeze(1))  # (R, 1)
+    accept = torch.ones(index.shape, dtype=torch.bool, device=probs.device)
+    if any(p.top_p < 1.0 for p in params):
+        # In the nucleus iff the mass of the strictly more likely tokens is still short of top_p.
+        more_likely = torch.where(probs > chosen, probs, 0.0).sum(dim=1, dtype=torch.float64)
+        top_p = torch.tensor([p.top_p for p in params], dtype=torch.float64, device=probs.device)
+        accept &= more_likely < top_p * probs.sum(dim=1, dtype=torch.float64)
+    if any(p.top_k for p in params):
+        top_k = torch.tensor([p.top_k or probs.shape[1] for p in params], device=probs.device)
+        accept &= (probs > chosen).sum(dim=1) < top_k
+    if any(p.min_p for p in params):
+        min_p = _column([p.min_p for p in params], probs)
+        accept &= (chosen >= min_p * probs.max(dim=1, keepdim=True).values).squeeze(1)
+    return accept
+
+
+REJECTION_ATTEMPTS = 3
+
+
+def sample(logits: Tensor, inputs: SamplerInputs) -> Tensor:
+    """One token id per row (B,), on the logits' device.
+
+    Filtered rows are sampled by rejection: a token drawn from the whole distribution is
+    kept when the filters keep it, which gives exactly the filtered distribution with one
+    cheap test instead of a sort. Rows still rejected after REJECTION_ATTEMPTS draws (a
+    filter that keeps little mass), and rows that combine top-k with top-p, are drawn
+    from the exact filtered distribution (`_kept`). A row's draws depend only on its own
+    probabilities and (seed, step), never on the rest of the batch.
+    """
+    params = inputs.params
+    logits = process_logits(logits, inputs)
+    temperature = _column([p.temperature or 1.0 for p in params], logits)
+    probs = torch.softmax(logits / temperature, dim=-1)  # (B, V)
+    chosen = torch.zeros(len(params), dtype=torch.long, device=logits.device)
+    greedy = [row for row, p in enumerate(params) if p.temperature == 0]
+    if greedy:
+        rows = torch.tensor(greedy, device=logits.device)
+        chosen[rows] = logits[rows].argmax(dim=-1)
+    exact = [row for row, p in enumerate(params) if p.temperature and p.top_k and p.top_p < 1.0]
+    waiting = [row for row, p in enumerate(params) if p.temperature and row not in exact]
+    for attempt in range(REJECTION_ATTEMPTS):
+        if not waiting:
+            break
+        rows = torch.tensor(waiting, device=logits.device)
+        row_probs = probs[rows]
+        index = _inverse_cdf(row_probs, uniforms(inputs.seeds[rows], inputs.steps[rows], attempt))
+        accept = _in_filters(row_probs, index, [params[row] for row in waiting])
+        chosen[rows] = torch.where(accept, index, chosen[rows])
+        waiting = [row for row, ok in zip(waiting, accept.tolist(), strict=True) if not ok]
+    exact += waiting
+    if exact:
+        rows = torch.tensor(exact, device=logits.device)
+        row_probs = probs[rows]
+        row_probs = row_probs * _kept(row_probs, [params[row] for row in exact])
+        chosen[rows] = _inverse_cdf(row_probs, uniforms(inputs.seeds[rows], inputs.steps[rows], REJECTION_ATTEMPTS))
+    return chosen
+
+
+def random_seed() -> int:
+    """A seed for a row whose request named none."""
+    return secrets.randbits(63)
