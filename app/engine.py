@@ -541,29 +541,25 @@ class Engine:
         self._on_step(len(rows))
         logits, state = advance(self.model, pool.pending[: len(rows)], pool.state())  # (B, V)
         pool.write(state)
-        sampled = [i for i, row in enumerate(rows) if isinstance(row, _SampledRow)]
-        leaving: set[_Job] = set()
+        sampled = [(i, row) for i, row in enumerate(rows) if isinstance(row, _SampledRow)]
         if sampled:
-            leaving |= self._sample_rows(logits, [rows[i] for i in sampled], sampled)  # type: ignore[misc]
+            self._sample_rows(logits, [row for _, row in sampled], [i for i, _ in sampled])
         queries = [i for i, row in enumerate(rows) if isinstance(row.job, _NextTokenJob)]
         if queries:
             answers = torch.log_softmax(logits[queries].float(), dim=-1).cpu()
             for answer, i in zip(answers, queries, strict=True):
                 job = rows[i].job
-                leaving.add(job)
+                self._finished(job)
                 job.deliver(answer)
         beams: dict[_BeamJob, list[int]] = {}
         for i, row in enumerate(rows):
             if isinstance(row.job, _BeamJob):
                 beams.setdefault(row.job, []).append(i)
-        reorders = [(job, self._step_beam(job, logits[slots])) for job, slots in beams.items()]
-        for job in leaving:
-            self._finished(job)
-        for job, next_rows in reorders:
-            self._reorder_beam(job, next_rows)
+        for job, positions in beams.items():
+            self._reorder_beam(job, self._step_beam(job, logits[positions]))
 
-    def _sample_rows(self, logits: Tensor, rows: list[_SampledRow], slots: list[int]) -> set[_Job]:
-        """Sample every sampled row at once; hand each token to its request; return the jobs that are done."""
+    def _sample_rows(self, logits: Tensor, rows: list[_SampledRow], slots: list[int]) -> None:
+        """Sample every sampled row at once and hand each token to its request."""
         pool, device = self._pool, logits.device
         index = torch.tensor(slots, device=device)
         logits = logits if len(slots) == logits.shape[0] else logits[index]  # (S, V)
@@ -600,17 +596,15 @@ class Engine:
             values, indices = torch.topk(raw, min(wanted, raw.shape[1]), dim=-1)
             top_values = (values - normaliser.unsqueeze(1)).tolist()
             top_ids = indices.tolist()
-        done: set[_Job] = set()
         for i, (row, token_id) in enumerate(zip(rows, ids.tolist(), strict=True)):
             count = row.settings.top_logprobs
-            top = list(zip(top_ids[i][:count], map(finite, top_values[i][:count]), strict=True))
-            if not self._emit(row, token_id, chosen[i], top):
-                done.add(row.job)
+            self._emit(
+                row, token_id, chosen[i], list(zip(top_ids[i][:count], map(finite, top_values[i][:count]), strict=True))
+            )
         self._on_tokens(len(rows))
-        return {job for job in done if isinstance(job, _GenerateJob) and job.open_choices == 0}
 
-    def _emit(self, row: _SampledRow, token_id: int, logprob: float, top: list[tuple[int, float]]) -> bool:
-        """Hand one sampled token to its request; return whether the row goes on."""
+    def _emit(self, row: _SampledRow, token_id: int, logprob: float, top: list[tuple[int, float]]) -> None:
+        """Hand one sampled token to its request; a row that has finished leaves the batch."""
         settings, matcher, job = row.settings, row.matcher, row.job
         previous, row.previous = row.previous, token_id
         row.generated.append(token_id)
@@ -626,14 +620,15 @@ class Engine:
                 text, finish = text + matcher.flush(), "length"
         job.deliver(TokenEvent(token_id, piece, text, finite(logprob), top, row.choice))
         if finish is None:
-            return True
+            return
         assert isinstance(job, _GenerateJob)
         end = SequenceState(self._row_state(row), token_id)
-        job.deliver(GenerationResult(finish, end, list(row.generated), job.fed_logprobs, row.choice))
-        job.open_choices -= 1
         self._pool.remove(row)
         job.rows.remove(row)
-        return False
+        job.open_choices -= 1
+        if job.open_choices == 0:
+            self._finished(job)  # counted out before the caller hears, so it can come straight back
+        job.deliver(GenerationResult(finish, end, list(row.generated), job.fed_logprobs, row.choice))
 
     def _row_state(self, row: Slotted) -> State:
         """A copy of one row's state (single-row tensors)."""
