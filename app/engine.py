@@ -29,6 +29,7 @@ leaves the batch at the next tick.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import threading
@@ -133,7 +134,8 @@ class _Job:
     pending: int
     ids: list[int]
     with_logprobs: bool
-    deliver: Callable[[Any], object]  # thread-safe: hands an item to the waiting coroutine
+    loop: asyncio.AbstractEventLoop  # where the caller waits
+    receive: Callable[[Any], object]  # takes an item on that loop (never called from the worker)
     admitted: int  # what it counts against its limit
     fed: int = 0
     fed_logprobs: list[float] = field(default_factory=list)
@@ -287,6 +289,9 @@ class Engine:
         self._active = 0  # admitted sequences not yet finished (guarded by _lock)
         self._queued = 0  # admitted feeds / next-token queries not yet answered (guarded by _lock)
         self._closing = False
+        # What the worker hands back during a tick, sent to each event loop in one call at its end:
+        # one wake-up per tick rather than one per token.
+        self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[Callable[[Any], object], Any]]] = {}
         self._thread = threading.Thread(target=self._run, name="rnnlm-engine", daemon=True)
 
     # ---- the event-loop side ------------------------------------------------------------
@@ -340,7 +345,8 @@ class Engine:
             pending=start.pending,
             ids=list(ids or []),
             with_logprobs=with_logprobs,
-            deliver=lambda item: loop.call_soon_threadsafe(queue.put_nowait, item),
+            loop=loop,
+            receive=queue.put_nowait,
             admitted=n,
             settings=settings,
             n=n,
@@ -358,7 +364,8 @@ class Engine:
             pending=start.pending,
             ids=list(ids or []),
             with_logprobs=False,
-            deliver=lambda item: loop.call_soon_threadsafe(_settle, future, item),
+            loop=loop,
+            receive=functools.partial(_settle, future),
             admitted=1,
             search=BeamSearch(settings),
         )
@@ -389,7 +396,8 @@ class Engine:
             pending=start.pending,
             ids=list(ids),
             with_logprobs=with_logprobs,
-            deliver=lambda item: loop.call_soon_threadsafe(_settle, future, item),
+            loop=loop,
+            receive=functools.partial(_settle, future),
             admitted=1,
         )
         with self._lock:
@@ -431,8 +439,23 @@ class Engine:
                     jobs = {*self._prefilling, *(row.job for row in self._pool.rows)}
                     self._prefilling.clear()
                     self._fail(list(jobs), exc)
+                finally:
+                    self._send()
         for job in {*self._inbox, *self._prefilling, *(row.job for row in self._pool.rows)}:
-            job.deliver(EngineClosed("the engine is shutting down"))
+            self._deliver(job, EngineClosed("the engine is shutting down"))
+        self._send()
+
+    def _deliver(self, job: _Job, item: Any) -> None:
+        """Queue an item for the job's caller; `_send` hands it over at the end of the tick."""
+        self._outbox.setdefault(job.loop, []).append((job.receive, item))
+
+    def _send(self) -> None:
+        outbox, self._outbox = self._outbox, {}
+        for loop, items in outbox.items():
+            try:
+                loop.call_soon_threadsafe(_receive_all, items)
+            except RuntimeError:  # that loop has closed: nobody is waiting any more
+                pass
 
     def _drop_cancelled(self) -> None:
         for job in [j for j in self._prefilling if j.cancelled]:
@@ -460,7 +483,7 @@ class Engine:
     def _fail(self, jobs: list[_Job], exc: Exception) -> None:
         for job in jobs:
             self._finished(job)  # counted out before the caller hears, so it can come straight back
-            job.deliver(exc)
+            self._deliver(job, exc)
 
     def _prefill_step(self) -> None:
         """Feed up to `prefill_tokens_per_step` queued tokens (chunked across ticks) in one forward."""
@@ -505,7 +528,7 @@ class Engine:
         start = state_tensors(job.state)
         if isinstance(job, _FeedJob):
             self._finished(job)
-            job.deliver(None)
+            self._deliver(job, None)
         elif isinstance(job, _NextTokenJob):
             job.rows = [_Row(job)]
             self._pool.add(job.rows[0], start, job.pending)
@@ -514,7 +537,7 @@ class Engine:
                 self._finished(job)
                 end = SequenceState(job.state, job.pending)
                 for choice in range(job.n):
-                    job.deliver(GenerationResult("length", end, [], job.fed_logprobs, choice))
+                    self._deliver(job, GenerationResult("length", end, [], job.fed_logprobs, choice))
                 return
             seed = job.settings.seed if job.settings.seed is not None else random_seed()
             history = [*job.settings.history]
@@ -526,7 +549,7 @@ class Engine:
             assert job.search is not None
             if job.search.done:
                 self._finished(job)
-                job.deliver([])
+                self._deliver(job, [])
                 return
             job.rows = [_Row(job) for _ in range(job.search.rows)]
             for beam_row in job.rows:
@@ -550,7 +573,7 @@ class Engine:
             for answer, i in zip(answers, queries, strict=True):
                 job = rows[i].job
                 self._finished(job)
-                job.deliver(answer)
+                self._deliver(job, answer)
         beams: dict[_BeamJob, list[int]] = {}
         for i, row in enumerate(rows):
             if isinstance(row.job, _BeamJob):
@@ -618,7 +641,7 @@ class Engine:
                 finish = "stop"
             elif len(row.generated) >= settings.max_tokens:
                 text, finish = text + matcher.flush(), "length"
-        job.deliver(TokenEvent(token_id, piece, text, finite(logprob), top, row.choice))
+        self._deliver(job, TokenEvent(token_id, piece, text, finite(logprob), top, row.choice))
         if finish is None:
             return
         assert isinstance(job, _GenerateJob)
@@ -628,7 +651,7 @@ class Engine:
         job.open_choices -= 1
         if job.open_choices == 0:
             self._finished(job)  # counted out before the caller hears, so it can come straight back
-        job.deliver(GenerationResult(finish, end, list(row.generated), job.fed_logprobs, row.choice))
+        self._deliver(job, GenerationResult(finish, end, list(row.generated), job.fed_logprobs, row.choice))
 
     def _row_state(self, row: Slotted) -> State:
         """A copy of one row's state (single-row tensors)."""
@@ -646,7 +669,7 @@ class Engine:
             return
         if job.search.done:
             self._finished(job)
-            job.deliver(job.search.hypotheses())
+            self._deliver(job, job.search.hypotheses())
             return
         pool = self._pool
         parents = torch.tensor([job.rows[parent].slot for parent, _ in next_rows], device=self.device)
@@ -662,6 +685,11 @@ class Engine:
         for tensor, state in zip(pool.tensors, states, strict=True):
             tensor[:, targets] = state
         pool.pending[targets] = torch.tensor([token for _, token in next_rows], device=self.device)
+
+
+def _receive_all(items: list[tuple[Callable[[Any], object], Any]]) -> None:
+    for receive, item in items:
+        receive(item)
 
 
 def _settle(future: asyncio.Future[Any], item: Any) -> None:

@@ -1,13 +1,16 @@
-"""Aggregate generation throughput of a live server against the in-process batched loop.
+"""Aggregate generation throughput of a live server against the model's forward-only ceiling.
 
-A 2x650 LSTM over a 10k-word vocabulary (random weights: only shapes matter for speed)
-is written into a temporary models directory and `rnnlm-serve` is started on a loopback
-port. For each of 1, 8 and 32: the in-process loop (`advance` + `sample_next` on a batch,
-the ceiling the engine can reach) runs at that batch size while the server idles, then
-that many concurrent clients each stream a generation of the same length from the
-server. Prints tokens/s and the ratios.
+A 2x650 LSTM over a 10k-word vocabulary (random weights: only shapes matter for speed;
+`--hidden`/`--layers` change it) is written into a temporary models directory and
+`rnnlm-serve` is started on a loopback port. For each client count N: the ceiling is
+the model's batched one-token forward alone at batch N (no sampling, no engine: the
+physical limit of a decode step), measured while the server idles; then N concurrent
+clients each stream a generation of the same length from the server with the given
+sampling settings. Prints tokens/s, the share of the ceiling and the speed-up over one
+client, measured side by side in one run.
 
-    nice .venv/bin/python bench/serve_generate.py [--tokens 64] [--clients 1 8 32] [--torch-threads N]
+    nice .venv/bin/python bench/serve_generate.py [--tokens 64] [--clients 1 32 64]
+        [--temperature 0.8 --top-p 0.95 --top-k 0] [--torch-threads 1] [--device cpu|cuda] [--json OUT]
 
 Prints figures; never asserts on speed.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import tempfile
 import time
@@ -29,8 +33,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.checkpoint import load_checkpoint, save_checkpoint
-from model.inference import SamplingParams, advance, make_generator, sample_next
-from model.network import RNNLM, ModelConfig, cat_states, split_state
+from model.inference import advance
+from model.network import RNNLM, ModelConfig
 from model.tokenizer import EOS, UNK, WordTokenizer
 from tests.live_server import ServeProcess
 
@@ -48,21 +52,24 @@ def build_models_dir(root: Path, vocab_size: int = 10_000, hidden: int = 650, la
     return root
 
 
-def in_process_tokens_per_second(model: RNNLM, batch: int, steps: int) -> float:
-    """The engine's decoding step without the engine: one batched forward + per-row sampling."""
-    params = [SamplingParams()] * batch
-    generators = [make_generator(row) for row in range(batch)]
-    histories: list[list[int]] = [[] for _ in range(batch)]
+def ceiling_tokens_per_second(model: RNNLM, batch: int, steps: int) -> float:
+    """The model's batched one-token forward alone (the decode step's physical limit), tokens/s."""
+    device = model.decoder.weight.device
     with torch.inference_mode():
-        states = split_state(model.init_state(batch))
-        pending = torch.ones(batch, dtype=torch.long)
+        state = model.init_state(batch)
+        pending = torch.ones(batch, dtype=torch.long, device=device)
+        advance(model, pending, state)  # warm up (kernels, allocator)
+        synchronize(device)
         started = time.perf_counter()
         for _ in range(steps):
-            logits, state = advance(model, pending, cat_states(states))  # (B, V)
-            ids, _ = sample_next(logits, params, generators, histories)
-            states = split_state(state)  # the engine keeps one state per sequence
-            pending = torch.tensor(ids)
+            _, state = advance(model, pending, state)  # (B, V) logits, never looked at
+        synchronize(device)
         return batch * steps / (time.perf_counter() - started)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 @contextmanager
@@ -80,9 +87,9 @@ def live_server(models: Path, env_overrides: dict[str, str]) -> Iterator[str]:
         server.stop()
 
 
-async def stream_one(client: httpx.AsyncClient, tokens: int, seed: int) -> int:
+async def stream_one(client: httpx.AsyncClient, tokens: int, seed: int, sampling: dict[str, float]) -> int:
     """One streaming client; returns the tokens it received."""
-    body = {"model": MODEL_ID, "max_tokens": tokens, "seed": seed, "stream": True, "stop_at_eos": False}
+    body = {"model": MODEL_ID, "max_tokens": tokens, "seed": seed, "stream": True, "stop_at_eos": False, **sampling}
     marker = b"event: token"
     received, tail = 0, b""
     async with client.stream("POST", "/v1/generate", json=body) as response:
@@ -94,48 +101,74 @@ async def stream_one(client: httpx.AsyncClient, tokens: int, seed: int) -> int:
     return received
 
 
-async def served_tokens_per_second(url: str, clients: int, tokens: int) -> float:
+async def served_tokens_per_second(url: str, clients: int, tokens: int, sampling: dict[str, float]) -> float:
     limits = httpx.Limits(max_connections=clients + 4)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
-        await asyncio.gather(*(stream_one(client, 2, seed=i) for i in range(clients)))  # open the connections
+        await asyncio.gather(*(stream_one(client, 2, i, sampling) for i in range(clients)))  # open the connections
         started = time.perf_counter()
-        counts = await asyncio.gather(*(stream_one(client, tokens, seed=i) for i in range(clients)))
+        counts = await asyncio.gather(*(stream_one(client, tokens, i, sampling) for i in range(clients)))
         return sum(counts) / (time.perf_counter() - started)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=64, help="tokens each client generates")
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--torch-threads", type=int, default=None, help="same for the loop and the server")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 32, 64])
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--hidden", type=int, default=650)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--torch-threads", type=int, default=None, help="same for the ceiling and the server")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     args = parser.parse_args()
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     threads = torch.get_num_threads()
+    sampling = {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k}
 
     with tempfile.TemporaryDirectory() as tmp:
-        models = build_models_dir(Path(tmp))
-        model = load_checkpoint(models / MODEL_ID).model
-        env = {"RNNLM_TORCH_THREADS": str(threads), "RNNLM_MAX_ACTIVE_SEQUENCES": str(max(args.clients) + 8)}
-        in_process, served = {}, {}
+        models = build_models_dir(Path(tmp), hidden=args.hidden, layers=args.layers)
+        model = load_checkpoint(models / MODEL_ID).model.to(args.device)
+        env = {
+            "RNNLM_TORCH_THREADS": str(threads),
+            "RNNLM_MAX_ACTIVE_SEQUENCES": str(max(args.clients) + 8),
+            "RNNLM_DEVICE": args.device,
+        }
+        ceiling, served = {}, {}
         with live_server(models, env) as url:
-            # Interleaved (the server idles while the loop runs), so load from other jobs drifts less between the two.
+            # Interleaved (the server idles while the forward runs), so load from other jobs drifts less between them.
             for n in args.clients:
-                in_process_tokens_per_second(model, n, 3)  # warm up
-                in_process[n] = in_process_tokens_per_second(model, n, args.tokens)
-                served[n] = asyncio.run(served_tokens_per_second(url, n, args.tokens))
+                ceiling[n] = ceiling_tokens_per_second(model, n, args.tokens)
+                served[n] = asyncio.run(served_tokens_per_second(url, n, args.tokens, sampling))
 
-    print(f"\n2x650 LSTM, 10k vocabulary, {args.tokens} tokens per sequence, torch threads {threads}, CPU")
+    settings = ", ".join(f"{k} {v:g}" for k, v in sampling.items())
     print(
-        f"{'batch/clients':>13} | {'in-process tok/s':>16} | {'server tok/s':>12} | {'server/in-process':>17} | {'server vs 1 client':>18}"
+        f"\n{args.layers}x{args.hidden} LSTM, 10k vocabulary, {args.tokens} tokens per sequence, {settings}, "
+        f"torch threads {threads}, {args.device}"
     )
-    print("-" * 90)
+    print(
+        f"{'clients':>7} | {'server tok/s':>12} | {'forward-only ceiling tok/s':>26} | {'of ceiling':>10} | {'vs 1 client':>11}"
+    )
+    print("-" * 80)
     base = served[args.clients[0]]
+    rows = []
     for n in args.clients:
-        print(
-            f"{n:>13} | {in_process[n]:>16.0f} | {served[n]:>12.0f} | {served[n] / in_process[n]:>16.0%} | "
-            f"{served[n] / base:>17.1f}x"
+        rows.append(
+            {
+                "clients": n,
+                "tokens_per_s": served[n],
+                "ceiling_tokens_per_s": ceiling[n],
+                "ratio_to_ceiling": served[n] / ceiling[n],
+                "speedup_vs_one": served[n] / base,
+            }
         )
+        print(
+            f"{n:>7} | {served[n]:>12.0f} | {ceiling[n]:>26.0f} | {served[n] / ceiling[n]:>10.0%} | {served[n] / base:>10.1f}x"
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"settings": sampling, "device": args.device, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
