@@ -13,6 +13,9 @@ repeats a mix of:
   (created up front, recreated if it is gone),
 - `next-token`: POST /v1/next-token.
 
+Beside them one prober asks `GET /health` every 50 ms on a connection of its own: its
+latency is the event loop's (no model-sized work may run there), reported as `health`.
+
 It prints requests/s, p50/p99 latency per endpoint, the count of each status, errors
 (anything but 2xx, and 429s counted apart as deliberate back-pressure), and the
 server's resident memory (RSS) before the load, at its half-way point and after.
@@ -195,11 +198,26 @@ async def run_load(url: str, clients: int, duration: float, pid: int) -> tuple[S
         started = time.monotonic()
         deadline = started + duration
         workers = [asyncio.create_task(Client(http, stats, seed).run(deadline)) for seed in range(clients)]
+        workers.append(asyncio.create_task(probe_health(url, stats, deadline)))
         while time.monotonic() < deadline:
             await asyncio.sleep(min(duration / 6, deadline - time.monotonic()))
             rss.append((time.monotonic() - started, rss_mib(pid)))
         await asyncio.gather(*workers)
     return stats, rss
+
+
+async def probe_health(url: str, stats: Stats, deadline: float) -> None:
+    """GET /health every 50 ms on its own connection until the deadline."""
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            try:
+                response = await http.get("/health")
+                status, detail = str(response.status_code), response.text
+            except httpx.HTTPError as exc:
+                status, detail = type(exc).__name__, repr(exc)
+            stats.record("health", status, time.monotonic() - started, detail)
+            await asyncio.sleep(0.05)
 
 
 def report(stats: Stats, rss: list[tuple[float, float]], duration: float, clients: int) -> None:
