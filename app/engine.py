@@ -46,7 +46,7 @@ from app.state_pool import Slotted, StatePool
 from app.stop_strings import StopStringMatcher
 from model.beam_search import BeamSearch, BeamSettings, Hypothesis
 from model.checkpoint import Checkpoint
-from model.inference import advance, feed_tokens, model_device
+from model.inference import advance, feed_tokens_with_top, model_device
 from model.network import State, cat_states, split_state, state_tensors
 from model.sampling import SamplerInputs, SamplingParams, random_seed, sample
 
@@ -71,10 +71,14 @@ class SequenceState:
     pending: int
 
 
+Top = list[tuple[int, float]]  # (token id, log-probability), most likely first
+
+
 @dataclass(frozen=True)
 class FeedResult:
     logprobs: list[float]  # log p(ids[i] | start, ids[:i]), natural log
     end: SequenceState
+    top: list[Top] = field(default_factory=list)  # at each fed position, when asked for
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,7 @@ class GenerationResult:
     token_ids: list[int]
     fed_logprobs: list[float]  # logprobs of the ids fed before generating (the prompt)
     choice: int = 0
+    fed_top: list[Top] = field(default_factory=list)  # the most likely tokens at each fed position, if asked
 
 
 # ---- jobs: what the worker holds; each kind its own type --------------------------------
@@ -139,6 +144,8 @@ class _Job:
     admitted: int  # what it counts against its limit
     fed: int = 0
     fed_logprobs: list[float] = field(default_factory=list)
+    top_logprobs: int = 0  # alternatives wanted at each fed position
+    fed_top: list[Top] = field(default_factory=list)
     cancelled: bool = False
     finished: bool = False  # left the engine (counted out once)
     rows: list[_Row] = field(default_factory=list)
@@ -319,10 +326,12 @@ class Engine:
         with torch.inference_mode():
             return SequenceState(self.model.init_state(1), self.tokenizer.boundary_id)
 
-    async def feed(self, start: SequenceState, ids: list[int], with_logprobs: bool = True) -> FeedResult:
-        job, future = self._submit_call(_FeedJob, start, ids, with_logprobs)
+    async def feed(
+        self, start: SequenceState, ids: list[int], with_logprobs: bool = True, top_logprobs: int = 0
+    ) -> FeedResult:
+        job, future = self._submit_call(_FeedJob, start, ids, with_logprobs, top_logprobs)
         await future
-        return FeedResult(job.fed_logprobs, SequenceState(job.state, job.pending))
+        return FeedResult(job.fed_logprobs, SequenceState(job.state, job.pending), job.fed_top)
 
     async def next_token(self, start: SequenceState, ids: list[int] | None = None) -> NextTokenResult:
         job, future = self._submit_call(_NextTokenJob, start, ids or [], with_logprobs=True)
@@ -336,8 +345,12 @@ class Engine:
         ids: list[int] | None = None,
         with_logprobs: bool = False,
         n: int = 1,
+        top_logprobs: int = 0,
     ) -> Generation:
-        """Feed `ids` (a prompt, logprobs kept if asked) once, then sample n choices; EngineBusy when full."""
+        """Feed `ids` (a prompt, logprobs and `top_logprobs` alternatives kept if asked) once, then sample n choices.
+
+        Raises EngineBusy when the engine is full.
+        """
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         job = _GenerateJob(
@@ -348,6 +361,7 @@ class Engine:
             loop=loop,
             receive=queue.put_nowait,
             admitted=n,
+            top_logprobs=top_logprobs,
             settings=settings,
             n=n,
             open_choices=n,
@@ -387,7 +401,7 @@ class Engine:
             self._lock.notify()
 
     def _submit_call(
-        self, kind: type[_Job], start: SequenceState, ids: list[int], with_logprobs: bool
+        self, kind: type[_Job], start: SequenceState, ids: list[int], with_logprobs: bool, top_logprobs: int = 0
     ) -> tuple[_Job, asyncio.Future[Any]]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
@@ -399,6 +413,7 @@ class Engine:
             loop=loop,
             receive=functools.partial(_settle, future),
             admitted=1,
+            top_logprobs=top_logprobs,
         )
         with self._lock:
             self._check_open()
@@ -499,25 +514,33 @@ class Engine:
             return
         jobs = [job for job, _ in batch]
         try:
-            logprobs, state, pending = feed_tokens(
+            logprobs, tops, state, pending = feed_tokens_with_top(
                 self.model,
                 cat_states([job.state for job in jobs]),
                 [job.pending for job in jobs],
                 [chunk for _, chunk in batch],
                 with_logprobs=any(job.with_logprobs for job in jobs),
+                top=max(job.top_logprobs for job in jobs),
             )
         except Exception as exc:  # a failed forward fails its jobs, not the engine
             for job in jobs:
                 self._prefilling.remove(job)
             self._fail(jobs, exc)
             return
-        for (job, chunk), row_state, row_pending, row_logprobs in zip(
-            batch, split_state(state), pending, logprobs, strict=True
+        for row, ((job, chunk), row_state, row_pending, row_logprobs) in enumerate(
+            zip(batch, split_state(state), pending, logprobs, strict=True)
         ):
             job.state, job.pending = row_state, row_pending
             job.fed += len(chunk)
             if job.with_logprobs:
                 job.fed_logprobs.extend(row_logprobs.tolist())
+            if job.top_logprobs and tops is not None:
+                values = tops[row].values[:, : job.top_logprobs].tolist()
+                ids = tops[row].ids[:, : job.top_logprobs].tolist()
+                job.fed_top.extend(
+                    [(i, finite(v)) for i, v in zip(position_ids, position_values, strict=True)]
+                    for position_ids, position_values in zip(ids, values, strict=True)
+                )
             if job.fed < len(job.ids):
                 continue
             self._prefilling.remove(job)
@@ -537,7 +560,7 @@ class Engine:
                 self._finished(job)
                 end = SequenceState(job.state, job.pending)
                 for choice in range(job.n):
-                    self._deliver(job, GenerationResult("length", end, [], job.fed_logprobs, choice))
+                    self._deliver(job, GenerationResult("length", end, [], job.fed_logprobs, choice, job.fed_top))
                 return
             seed = job.settings.seed if job.settings.seed is not None else random_seed()
             history = [*job.settings.history]
@@ -651,7 +674,8 @@ class Engine:
         job.open_choices -= 1
         if job.open_choices == 0:
             self._finished(job)  # counted out before the caller hears, so it can come straight back
-        self._deliver(job, GenerationResult(finish, end, list(row.generated), job.fed_logprobs, row.choice))
+        result = GenerationResult(finish, end, list(row.generated), job.fed_logprobs, row.choice, job.fed_top)
+        self._deliver(job, result)
 
     def _row_state(self, row: Slotted) -> State:
         """A copy of one row's state (single-row tensors)."""

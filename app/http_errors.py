@@ -14,6 +14,7 @@ from starlette.routing import compile_path
 
 from app.engine import EngineBusy, EngineClosed
 from app.errors import ServiceError
+from app.metrics import ASGIApp, Message, Receive, Scope, Send
 from app.session_store import StoreUnavailable
 
 logger = logging.getLogger("app")
@@ -98,10 +99,7 @@ def install_error_handlers(app: FastAPI) -> None:
             response.headers["Allow"] = ", ".join(allowed)
         return response
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error", "internal server error")
+    app.add_middleware(UnexpectedErrorMiddleware)
 
 
 def _allowed_methods(request: Request) -> list[str]:
@@ -118,3 +116,31 @@ def _describe(error: Any) -> dict[str, Any]:
     location = [str(part) for part in error.get("loc", ()) if part != "body"]
     field = ".".join(location) or ("body" if tuple(error.get("loc", ())) == ("body",) else "")  # the body itself
     return {"field": field, "message": str(error.get("msg", "")), "type": str(error.get("type", ""))}
+
+
+class UnexpectedErrorMiddleware:
+    """A bug answers 500 `internal_error` (logged, no trace) and the connection stays usable.
+
+    Starlette's own last-resort handler re-raises after answering, so the server closes
+    the connection and a client's next request on it is reset; this one ends the request.
+    A response already started (a stream) cannot turn into a 500: that one is re-raised.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            if started or scope["type"] != "http":
+                raise
+            logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            await error_response(500, "internal_error", "internal server error")(scope, receive, send)

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     max_queued_requests: int = Field(
         default=4096, ge=1, description="feeds / next-token queries waiting per model (then 429)"
     )
+    share_prefixes: bool = Field(
+        default=True, description="completions: feed a prefix shared by a request's prompts once and fork its state"
+    )
     prefill_tokens_per_step: int = Field(default=4096, ge=1, description="prompt/text tokens fed per scheduler tick")
     torch_threads: int | None = Field(
         default=None, ge=1, description="torch intra-op CPU threads (unset = torch's default; 1 suits a busy CPU)"

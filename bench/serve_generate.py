@@ -113,7 +113,9 @@ async def served_tokens_per_second(url: str, clients: int, tokens: int, sampling
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=64, help="tokens each client generates")
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 32, 64])
+    parser.add_argument(
+        "--clients", nargs="+", default=["1", "32", "64"], help="client counts, space- or comma-separated"
+    )
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=0)
@@ -123,6 +125,7 @@ def main() -> None:
     parser.add_argument("--torch-threads", type=int, default=None, help="same for the ceiling and the server")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     args = parser.parse_args()
+    args.clients = [int(n) for group in args.clients for n in group.split(",") if n]
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     threads = torch.get_num_threads()

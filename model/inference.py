@@ -9,6 +9,8 @@ state with the tokenizer's boundary token pending (start of a line, as in traini
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -31,6 +33,14 @@ def advance(model: RNNLM, pending: Tensor, state: State) -> tuple[Tensor, State]
     return model.decode(output[:, 0]), state  # (B, V)
 
 
+@dataclass(frozen=True)
+class TopLogprobs:
+    """The `k` most likely tokens at each fed position of one row: values and ids (len, k), on the CPU."""
+
+    values: Tensor
+    ids: Tensor
+
+
 @torch.inference_mode()
 def feed_tokens(
     model: RNNLM,
@@ -45,10 +55,25 @@ def feed_tokens(
     `with_logprobs` is false), the new batched state, and the new pending tokens.
     Rows are processed together, right-padded, in chunks of SCORE_CHUNK steps.
     """
+    logprobs, _, state, pending = feed_tokens_with_top(model, state, pending, texts, with_logprobs, top=0)
+    return logprobs, state, pending
+
+
+@torch.inference_mode()
+def feed_tokens_with_top(
+    model: RNNLM,
+    state: State,
+    pending: list[int],
+    texts: list[list[int]],
+    with_logprobs: bool,
+    top: int,
+) -> tuple[list[Tensor], list[TopLogprobs] | None, State, list[int]]:
+    """`feed_tokens`, also giving the `top` most likely tokens at every position (from the same log-softmax)."""
     device = model_device(model)
     batch_size = len(texts)
     lengths = torch.tensor([len(t) for t in texts], dtype=torch.long)
     max_len = int(lengths.max()) if batch_size else 0
+    top = min(top, model.config.vocab_size) if with_logprobs else 0
     # inputs_i = [pending_i] + texts_i[:-1]; targets_i = texts_i
     inputs = torch.zeros(batch_size, max_len, dtype=torch.long)
     targets = torch.zeros(batch_size, max_len, dtype=torch.long)
@@ -58,6 +83,8 @@ def feed_tokens(
             targets[row, : len(tokens)] = torch.tensor(tokens)
     inputs, targets = inputs.to(device), targets.to(device)
     logprobs = torch.zeros(batch_size, max_len, device=device)
+    top_values = torch.zeros(batch_size, max_len, top, device=device)
+    top_ids = torch.zeros(batch_size, max_len, top, dtype=torch.long, device=device)
     for start in range(0, max_len, SCORE_CHUNK):
         active = torch.nonzero(lengths > start).flatten()  # rows with tokens left
         chunk_lengths = (lengths[active] - start).clamp(max=SCORE_CHUNK)
@@ -70,11 +97,20 @@ def feed_tokens(
             chunk = F.log_softmax(model.decode(output).float(), dim=-1)  # (b, t, V)
             picked = chunk.gather(-1, targets[rows, start:stop].unsqueeze(-1)).squeeze(-1)  # (b, t)
             logprobs[rows, start:stop] = picked
+            if top:
+                values, ids = torch.topk(chunk, top, dim=-1)  # (b, t, k)
+                top_values[rows, start:stop], top_ids[rows, start:stop] = values, ids
     new_pending = [tokens[-1] if tokens else pending[row] for row, tokens in enumerate(texts)]
     per_row = [
         logprobs[row, : len(tokens)].cpu() if with_logprobs else torch.zeros(0) for row, tokens in enumerate(texts)
     ]
-    return per_row, state, new_pending
+    tops = None
+    if top:
+        tops = [
+            TopLogprobs(top_values[row, : len(tokens)].cpu(), top_ids[row, : len(tokens)].cpu())
+            for row, tokens in enumerate(texts)
+        ]
+    return per_row, tops, state, new_pending
 
 
 def _scatter_state(state: State, rows: Tensor, sub_state: State) -> State:

@@ -20,7 +20,7 @@ async def completions(
     body: CompletionRequest, models: ModelsDep, settings: SettingsDep, request: Request
 ) -> CompletionResponse | EventSourceResponse:
     prepared = serving.prepare_completion(models, settings, body)
-    started = serving.start_completion(prepared)  # admission (429) happens before a stream opens
     if body.stream:
-        return event_source(started[0], serving.CompletionStream(prepared))
-    return await unless_client_leaves(request, serving.complete(prepared, started))
+        generation = serving.start_stream(prepared)  # admission (429) happens before the stream opens
+        return event_source(generation, serving.CompletionStream(prepared))
+    return await unless_client_leaves(request, serving.complete(prepared))

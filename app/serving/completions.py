@@ -1,172 +1,404 @@
-"""OpenAI-compatible text completions on top of the engine.
+"""OpenAI-compatible text completions: a plan per request, rendered whole or as OpenAI's stream.
 
-`echo` with `logprobs` and `max_tokens: 0` scores a prompt: every prompt token gets its
-log-probability given the start of a line and the tokens before it (so even the first
-one has a number, where OpenAI gives null); prompt tokens carry no top alternatives.
-Finish reason `eos` (a word model generated <eos>) is reported as OpenAI's `stop`.
+Prompts come as text or token ids. A prompt whose first token is the boundary token
+(the end of text that lm-evaluation-harness puts first) starts there: that token is the
+start of the line every sequence begins with, so it is not fed a second time and its
+log-probability is null, like OpenAI's first token; the rest then scores exactly as
+/v1/score scores the text. Any other first token gets its log-probability given the
+start of a line. `echo` with `logprobs` scores the prompt: each prompt token gets its
+log-probability and its `logprobs` most likely alternatives, from the same log-softmax
+row. Keys of `top_logprobs` are token strings as `tokens` has them.
+
+`n` choices (or `best_of`, of which the n likeliest per token are returned) feed their
+prompt once and fork its state; choice i draws from seed + i. Prompts of one request
+that share a prefix have it fed once (`share_prefixes`). Finish reason `eos` (a word
+model generated <eos>) is reported as OpenAI's `stop`. `suffix` fills the middle with
+the model's backward partner (/v1/fill).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from app.engine import Generation, GenerationResult, TokenEvent
+from app.engine import FeedResult, Generation, GenerationResult, GenerationSettings, TokenEvent, Top
 from app.errors import InvalidRequest
 from app.protocol.common import SamplingFields, Usage
 from app.protocol.completions import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse
+from app.protocol.fill import FillRequest
 from app.registry import ModelRegistry, ServedModel
-from app.serving.generate import PreparedGeneration
-from app.serving.limits import check_count, check_text
+from app.serving.fill import fill
+from app.serving.limits import check_count, check_logprobs, check_text
 from app.serving.render import Choice, Event, collect
 from app.serving.sampling import generation_settings
 from app.settings import Settings
 from model.tokenizer import Tokenizer
 
+SUFFIX_GAP = "\x00"  # the gap marker of a suffix completion (never in a text by accident)
+MIN_SHARED_PREFIX = 2  # tokens worth a feed of their own
+FinishReason = Literal["length", "stop"]
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt: its text as echoed, the ids fed from the start of a line, and whether it began at the boundary."""
+
+    text: str
+    ids: list[int]
+    starts_at_boundary: bool
+    offsets: list[int]  # where each token (the boundary included) starts in `text`
+
 
 @dataclass(frozen=True)
 class PreparedCompletion:
     request: CompletionRequest
+    models: ModelRegistry
     served: ServedModel
-    prompts: list[str]
-    generations: list[PreparedGeneration]
+    prompts: list[Prompt]
+    plans: list[GenerationSettings]
     id: str
     created: int
+    settings: Settings
+
+    @property
+    def top(self) -> int:
+        """Alternatives wanted at every prompt position (echo scoring)."""
+        return (self.request.logprobs or 0) if self.prompt_logprobs else 0
 
     @property
     def prompt_logprobs(self) -> bool:
         return self.request.echo and self.request.logprobs is not None
 
+    @property
+    def sampled(self) -> int:
+        return self.request.best_of or self.request.n
+
+    def usage(self, generated: int) -> Usage:
+        return Usage.of(sum(len(p.ids) + p.starts_at_boundary for p in self.prompts), generated)
+
 
 def prepare_completion(models: ModelRegistry, settings: Settings, request: CompletionRequest) -> PreparedCompletion:
     served = models.get(request.model)
-    prompts = [request.prompt] if isinstance(request.prompt, str) else list(request.prompt)
-    if not prompts:
-        raise InvalidRequest("prompt must be a string or a non-empty list of strings")
+    tokenizer = served.checkpoint.tokenizer
+    prompts = [_prompt(settings, tokenizer, raw, index) for index, raw in enumerate(_raw_prompts(request.prompt))]
     check_count(len(prompts), settings.max_score_texts, "prompts", "max_score_texts")
-    if request.stream and len(prompts) > 1:
-        raise InvalidRequest("stream needs a single prompt")
-    if request.stream and request.echo and request.logprobs is not None:
-        raise InvalidRequest("echo with logprobs (prompt scoring) is not streamed; send stream=false")
+    if request.best_of is not None and request.best_of < request.n:
+        raise InvalidRequest(f"best_of={request.best_of} is less than n={request.n}", field="best_of")
+    sampled = len(prompts) * (request.best_of or request.n)
+    check_count(sampled, settings.max_active_sequences, "choices in all", "max_active_sequences")
+    check_logprobs(settings, request.logprobs or 0)
+    if request.stream:
+        if len(prompts) > 1:
+            raise InvalidRequest("stream needs a single prompt", field="stream")
+        if request.best_of is not None and request.best_of > request.n:
+            raise InvalidRequest("best_of > n cannot be streamed: the best are known only at the end", field="best_of")
+        if request.echo and request.logprobs is not None:
+            raise InvalidRequest("echo with logprobs (prompt scoring) is not streamed; send stream=false", field="echo")
+    if request.suffix is not None:
+        _check_suffix(models, served, request, prompts)
     fields = SamplingFields(
         max_tokens=request.max_tokens,
         temperature=request.temperature,
         top_k=request.top_k,
         top_p=request.top_p,
+        min_p=request.min_p,
         repetition_penalty=request.repetition_penalty,
+        presence_penalty=request.presence_penalty,
+        frequency_penalty=request.frequency_penalty,
+        logit_bias=request.logit_bias,
         stop=request.stop,
         seed=request.seed,
         logprobs=request.logprobs or 0,
     )
-    generations = []
-    for index, prompt in enumerate(prompts):
-        check_text(settings, prompt, f"prompt[{index}]" if len(prompts) > 1 else "prompt")
-        ids = served.checkpoint.tokenizer.encode(prompt).ids
-        generations.append(PreparedGeneration(served, ids, generation_settings(settings, served, fields, ids)))
+    plans = [generation_settings(settings, served, fields, p.ids, request.min_tokens) for p in prompts]
     return PreparedCompletion(
-        request, served, prompts, generations, id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time())
+        request, models, served, prompts, plans, f"cmpl-{uuid.uuid4().hex}", int(time.time()), settings
     )
 
 
-def start_completion(prepared: PreparedCompletion) -> list[Generation]:
-    """Admit every prompt's generation (EngineBusy when the engine is full: none is left running)."""
-    started: list[Generation] = []
-    try:
-        for generation in prepared.generations:
-            engine = generation.served.engine
-            started.append(
-                engine.generate(engine.fresh(), generation.settings, generation.prompt_ids, prepared.prompt_logprobs)
+def _raw_prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
+    if isinstance(prompt, str):
+        return [prompt]
+    if not prompt:
+        raise InvalidRequest("prompt must be a text, token ids, or a non-empty list of either", field="prompt")
+    if all(isinstance(item, int) for item in prompt):
+        return [[item for item in prompt if isinstance(item, int)]]  # one prompt of token ids
+    return [item for item in prompt if not isinstance(item, int)]
+
+
+def _prompt(settings: Settings, tokenizer: Tokenizer, raw: str | list[int], index: int) -> Prompt:
+    if isinstance(raw, str):
+        check_text(settings, raw, f"prompt[{index}]")
+        ids = tokenizer.encode(raw).ids
+        text, offsets = raw, _offsets_in(tokenizer, raw)
+    else:
+        bad = [token for token in raw if not 0 <= token < tokenizer.vocab_size]
+        if bad:
+            raise InvalidRequest(
+                f"prompt[{index}] has token id {bad[0]}, not in this model's vocabulary (0..{tokenizer.vocab_size - 1})",
+                field="prompt",
             )
-    except BaseException:
-        for admitted in started:
-            admitted.cancel()
-        raise
-    return started
+        check_count(len(raw), settings.max_text_chars, f"tokens in prompt[{index}]", "max_text_chars")
+        ids = list(raw)
+        pieces = _pieces(tokenizer, ids, None)
+        text = "".join(pieces)
+        offsets = [sum(len(p) for p in pieces[:i]) for i in range(len(pieces))]
+    if ids and ids[0] == tokenizer.boundary_id:
+        return Prompt(text, ids[1:], True, offsets)
+    return Prompt(text, ids, False, offsets)
 
 
-async def complete(prepared: PreparedCompletion, started: list[Generation]) -> CompletionResponse:
-    try:
-        outcomes = await asyncio.gather(*(collect(generation) for generation in started))
-    finally:
-        for generation in started:
-            generation.cancel()
-    choices = [
-        _choice(prepared, index, prompt, generation, choice.events, choice.result)
-        for index, (prompt, generation, (choice,)) in enumerate(
-            zip(prepared.prompts, prepared.generations, outcomes, strict=True)
-        )
-    ]
-    usages = [
-        g.usage(len(choice.result.token_ids)) for g, (choice,) in zip(prepared.generations, outcomes, strict=True)
-    ]
-    return CompletionResponse(
-        id=prepared.id,
-        created=prepared.created,
-        model=prepared.served.id,
-        choices=choices,
-        usage=Usage.of(sum(u.prompt_tokens for u in usages), sum(u.completion_tokens for u in usages)),
-    )
+def _pieces(tokenizer: Tokenizer, ids: list[int], previous: int | None) -> list[str]:
+    """Each token's text after the one before it (a word model's leading space included)."""
+    pieces = []
+    for token in ids:
+        pieces.append(tokenizer.piece(token, previous))
+        previous = token
+    return pieces
 
 
-def _choice(
-    prepared: PreparedCompletion,
-    index: int,
-    prompt: str,
-    generation: PreparedGeneration,
-    events: list[TokenEvent],
-    result: GenerationResult,
-) -> CompletionChoice:
-    completion = "".join(event.text for event in events)
-    text = prompt + completion if prepared.request.echo else completion
-    logprobs = None
-    if prepared.request.logprobs is not None:
-        tokenizer = generation.served.checkpoint.tokenizer
-        logprobs = _generated_logprobs(tokenizer, events, start=len(prompt) if prepared.request.echo else 0)
-        if prepared.request.echo:
-            logprobs = _join(_prompt_logprobs(tokenizer, prompt, generation.prompt_ids, result.fed_logprobs), logprobs)
-    return CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=_finish(result))
-
-
-def _finish(result: GenerationResult) -> Literal["length", "stop"]:
-    return "length" if result.finish_reason == "length" else "stop"
-
-
-def _prompt_logprobs(tokenizer: Tokenizer, prompt: str, ids: list[int], logprobs: list[float]) -> CompletionLogprobs:
-    """Prompt tokens with offsets into the prompt as sent (found left to right; normalised text may differ)."""
-    surfaces = tokenizer.encode(prompt).tokens
+def _offsets_in(tokenizer: Tokenizer, text: str) -> list[int]:
+    """Where each token starts in the text as sent (found left to right; normalised text may differ)."""
     offsets, position = [], 0
-    for surface in surfaces:
-        found = prompt.find("\n" if surface == "<eos>" else surface, position)
+    for surface in tokenizer.encode(text).tokens:
+        found = text.find("\n" if surface == "<eos>" else surface, position)
         if found < 0:  # NFC or lower-casing changed the surface form: keep the running position
             found = position
         offsets.append(found)
         position = found + len(surface)
-    tokens = [tokenizer.piece(i, previous) for i, previous in zip(ids, [None, *ids[:-1]], strict=True)]
-    return CompletionLogprobs(
-        tokens=tokens, token_logprobs=logprobs, top_logprobs=[None] * len(ids), text_offset=offsets
+    return offsets
+
+
+# ---- suffix: fill the middle ------------------------------------------------------------
+
+SUFFIX_CONFLICTS = {"stream": False, "echo": False, "logprobs": None, "best_of": None, "logit_bias": None}
+
+
+def _check_suffix(
+    models: ModelRegistry, served: ServedModel, request: CompletionRequest, prompts: list[Prompt]
+) -> None:
+    """A suffix is filled by /v1/fill's search, which needs a backward partner and does not sample."""
+    partner = models.pairs.partner(served.id)
+    if partner is None or served.checkpoint.direction != "forward":
+        raise InvalidRequest(
+            f"suffix needs a backward partner of model {served.id!r} to fill the middle, and none is loaded "
+            "(train one with --direction backward; see docs/api.md#fill)",
+            field="suffix",
+        )
+    conflicts = [name for name, default in SUFFIX_CONFLICTS.items() if getattr(request, name) != default]
+    sampling = ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty", "seed", "stop")
+    conflicts += [name for name in sampling if name in request.model_fields_set]
+    if len(prompts) > 1:
+        conflicts.append("prompt (a list)")
+    if conflicts:
+        raise InvalidRequest(
+            f"suffix (filling the middle, a search over both directions) cannot be combined with "
+            f"{', '.join(conflicts)}",
+            field="suffix",
+            conflicts=conflicts,
+        )
+    if served.level == "word" and (prompts[0].text[-1:].strip() or (request.suffix or "")[:1].strip()):
+        raise InvalidRequest(
+            "a word model fills one whole word: end the prompt and start the suffix with whitespace", field="suffix"
+        )
+
+
+async def _complete_suffix(prepared: PreparedCompletion) -> CompletionResponse:
+    request, prompt = prepared.request, prepared.prompts[0]
+    max_chars = min(max(request.max_tokens, 1), prepared.settings.max_fill_chars)
+    answer = await fill(
+        prepared.models,
+        prepared.settings,
+        FillRequest(
+            model=prepared.served.id,
+            text=prompt.text + SUFFIX_GAP + (request.suffix or ""),
+            gap=SUFFIX_GAP,
+            top_k=request.n,
+            max_chars=max_chars if prepared.served.level == "char" else None,
+        ),
+    )
+    choices = [
+        CompletionChoice(index=index, text=candidate.text, logprobs=None, finish_reason="stop")
+        for index, candidate in enumerate(answer.candidates)
+    ]
+    generated = sum(len(candidate.token_ids) for candidate in answer.candidates)
+    return _response(prepared, choices, prepared.usage(generated))
+
+
+# ---- whole answers ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromptOutcome:
+    """One prompt's choices and the log-probabilities (and alternatives) of its fed tokens."""
+
+    choices: list[Choice]
+    fed_logprobs: list[float]
+    fed_top: list[Top]
+
+
+async def complete(prepared: PreparedCompletion) -> CompletionResponse:
+    if prepared.request.suffix is not None:
+        return await _complete_suffix(prepared)
+    ids = [prompt.ids for prompt in prepared.prompts]
+    groups = prefix_groups(ids) if prepared.settings.share_prefixes else [([], [i]) for i in range(len(ids))]
+    outcomes: dict[int, PromptOutcome] = {}
+    for found in await asyncio.gather(*(_run_group(prepared, prefix, members) for prefix, members in groups)):
+        outcomes.update(found)
+    choices: list[CompletionChoice] = []
+    generated = 0
+    for index, prompt in enumerate(prepared.prompts):
+        outcome = outcomes[index]
+        generated += sum(len(choice.result.token_ids) for choice in outcome.choices)
+        for rank, choice in enumerate(_best(outcome.choices, prepared.request.n)):
+            choices.append(_choice(prepared, index * prepared.request.n + rank, prompt, outcome, choice))
+    return _response(prepared, choices, prepared.usage(generated))
+
+
+async def _run_group(prepared: PreparedCompletion, prefix: list[int], members: list[int]) -> dict[int, PromptOutcome]:
+    """Feed the group's shared prefix once (if any), then each member's rest and its choices from there."""
+    engine = prepared.served.engine
+    start, head = engine.fresh(), FeedResult([], engine.fresh())
+    if prefix:
+        head = await engine.feed(start, prefix, prepared.prompt_logprobs, prepared.top)
+        start = head.end
+    generations: list[Generation] = []
+    try:
+        for index in members:
+            rest = prepared.prompts[index].ids[len(prefix) :]
+            plan = prepared.plans[index]
+            generations.append(
+                engine.generate(start, plan, rest, prepared.prompt_logprobs, prepared.sampled, prepared.top)
+            )
+    except BaseException:
+        for admitted in generations:
+            admitted.cancel()
+        raise
+    found = await asyncio.gather(*(collect(generation) for generation in generations))
+    outcomes = {}
+    for index, choices in zip(members, found, strict=True):
+        result = choices[0].result
+        outcomes[index] = PromptOutcome(choices, head.logprobs + result.fed_logprobs, [*head.top, *result.fed_top])
+    return outcomes
+
+
+def prefix_groups(prompts: list[list[int]]) -> list[tuple[list[int], list[int]]]:
+    """Prompts grouped by a shared prefix worth feeding once: (prefix, member indices), in sorted order.
+
+    Sorted prompts put those with a common start side by side; a prompt joins the group
+    before it while their common prefix keeps at least half of the group's, so one
+    context with several continuations (multiple choice) shares the whole context.
+    """
+    groups: list[tuple[list[int], list[int]]] = []
+    for index in sorted(range(len(prompts)), key=lambda i: prompts[i]):
+        ids = prompts[index]
+        if groups:
+            prefix, members = groups[-1]
+            common = _common_length(prefix, ids)
+            if common >= MIN_SHARED_PREFIX and 2 * common >= len(prefix):
+                groups[-1] = (prefix[:common], [*members, index])
+                continue
+        groups.append((ids, [index]))
+    return [(prefix if len(members) > 1 else [], members) for prefix, members in groups]
+
+
+def _common_length(a: list[int], b: list[int]) -> int:
+    length = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        length += 1
+    return length
+
+
+def _best(choices: list[Choice], n: int) -> list[Choice]:
+    """The n choices to return: all of them, or (best_of) the n likeliest per token."""
+    if len(choices) == n:
+        return choices
+    return sorted(choices, key=lambda c: _mean_logprob(c.events), reverse=True)[:n]
+
+
+def _mean_logprob(events: list[TokenEvent]) -> float:
+    return math.fsum(event.logprob for event in events) / len(events) if events else 0.0
+
+
+def _choice(
+    prepared: PreparedCompletion, index: int, prompt: Prompt, outcome: PromptOutcome, choice: Choice
+) -> CompletionChoice:
+    request, tokenizer = prepared.request, prepared.served.checkpoint.tokenizer
+    text = prompt.text + choice.text if request.echo else choice.text
+    logprobs = None
+    if request.logprobs is not None:
+        start = len(prompt.text) if request.echo else 0
+        logprobs = _generated_logprobs(tokenizer, choice.events, _last(tokenizer, prompt), start)
+        if request.echo:
+            logprobs = _join(_prompt_logprobs(tokenizer, prompt, outcome), logprobs)
+    return CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=_finish(choice.result))
+
+
+def _last(tokenizer: Tokenizer, prompt: Prompt) -> int:
+    """The token before the first generated one."""
+    return prompt.ids[-1] if prompt.ids else tokenizer.boundary_id
+
+
+def _response(prepared: PreparedCompletion, choices: list[CompletionChoice], usage: Usage | None) -> CompletionResponse:
+    return CompletionResponse(
+        id=prepared.id, created=prepared.created, model=prepared.served.id, choices=choices, usage=usage
     )
 
 
-def _generated_logprobs(tokenizer: Tokenizer, events: list[TokenEvent], start: int) -> CompletionLogprobs:
+def _finish(result: GenerationResult) -> FinishReason:
+    return "length" if result.finish_reason == "length" else "stop"
+
+
+def _keyed(tokenizer: Tokenizer, top: Top, previous: int | None) -> dict[str, float]:
+    """Alternatives keyed as `tokens` spells them (a word's leading space included)."""
+    return {tokenizer.piece(token, previous): logprob for token, logprob in top}
+
+
+def _prompt_logprobs(tokenizer: Tokenizer, prompt: Prompt, outcome: PromptOutcome) -> CompletionLogprobs:
+    """The prompt's tokens: the boundary it started at (no number, as OpenAI's first token), then each fed one."""
+    tokens: list[str] = []
+    values: list[float | None] = []
+    tops: list[dict[str, float] | None] = []
+    previous: int | None = None
+    if prompt.starts_at_boundary:
+        tokens.append(tokenizer.piece(tokenizer.boundary_id, None))
+        values.append(None)
+        tops.append(None)
+        previous = tokenizer.boundary_id
+    for position, token in enumerate(prompt.ids):
+        tokens.append(tokenizer.piece(token, previous))
+        values.append(outcome.fed_logprobs[position])
+        top = outcome.fed_top[position] if position < len(outcome.fed_top) else None
+        tops.append(_keyed(tokenizer, top, previous) if top is not None else None)
+        previous = token
+    return CompletionLogprobs(
+        tokens=tokens, token_logprobs=values, top_logprobs=tops, text_offset=prompt.offsets[: len(tokens)]
+    )
+
+
+def _generated_logprobs(
+    tokenizer: Tokenizer, events: list[TokenEvent], previous: int, start: int
+) -> CompletionLogprobs:
     """Generated tokens; offsets follow their pieces (a stop string may cut the text before the last ones)."""
-    offsets, position = [], start
+    offsets, tops, position = [], [], start
     for event in events:
         offsets.append(position)
         position += len(event.piece)
+        tops.append(_keyed(tokenizer, event.top, previous))
+        previous = event.token_id
     return CompletionLogprobs(
         tokens=[event.piece for event in events],
         token_logprobs=[event.logprob for event in events],
-        top_logprobs=[_top(tokenizer, event) for event in events],
+        top_logprobs=list(tops),
         text_offset=offsets,
     )
-
-
-def _top(tokenizer: Tokenizer, event: TokenEvent) -> dict[str, float]:
-    return {tokenizer.tokens[i]: logprob for i, logprob in event.top}
 
 
 def _join(first: CompletionLogprobs, second: CompletionLogprobs) -> CompletionLogprobs:
@@ -178,44 +410,59 @@ def _join(first: CompletionLogprobs, second: CompletionLogprobs) -> CompletionLo
     )
 
 
+# ---- the stream -------------------------------------------------------------------------
+
+
+def start_stream(prepared: PreparedCompletion) -> Generation:
+    """Admit the one prompt's n choices (EngineBusy when full), before the stream opens."""
+    engine, prompt = prepared.served.engine, prepared.prompts[0]
+    return engine.generate(engine.fresh(), prepared.plans[0], prompt.ids, n=prepared.request.n)
+
+
 class CompletionStream:
-    """OpenAI's stream: `data: {chunk}` per token, a last chunk with finish_reason, then `data: [DONE]`."""
+    """OpenAI's stream: `data: {chunk}` per token of each choice, a last chunk per choice, `data: [DONE]`.
+
+    With `stream_options.include_usage` a chunk with no choices and the usage comes before [DONE].
+    """
 
     def __init__(self, prepared: PreparedCompletion) -> None:
         self.prepared = prepared
         self.tokenizer = prepared.served.checkpoint.tokenizer
-        self.position = len(prepared.prompts[0]) if prepared.request.echo else 0
-        self.echoed = not prepared.request.echo
+        prompt = prepared.prompts[0]
+        echo = prepared.request.echo
+        self.position = [len(prompt.text) if echo else 0] * prepared.request.n
+        self.previous = [_last(self.tokenizer, prompt)] * prepared.request.n
+        self.echo_pending = [echo] * prepared.request.n
 
     def token(self, event: TokenEvent) -> Event:
+        choice = event.choice
         logprobs = None
         if self.prepared.request.logprobs is not None:
-            logprobs = _generated_logprobs(self.tokenizer, [event], start=self.position)
-        self.position += len(event.piece)
-        text = event.text
-        if not self.echoed:  # the prompt goes out with the first token
-            text, self.echoed = self.prepared.prompts[0] + text, True
-        return _chunk(self.prepared, text, logprobs, None)
+            logprobs = _generated_logprobs(self.tokenizer, [event], self.previous[choice], self.position[choice])
+        self.position[choice] += len(event.piece)
+        self.previous[choice] = event.token_id
+        return self._chunk(choice, self._echoed(choice) + event.text, logprobs, None)
+
+    def _echoed(self, choice: int) -> str:
+        """The prompt, in front of a choice's first text (echo)."""
+        if not self.echo_pending[choice]:
+            return ""
+        self.echo_pending[choice] = False
+        return self.prepared.prompts[0].text
 
     async def finish(self, choices: list[Choice]) -> list[Event]:
-        (choice,) = choices
-        closing = []
-        if not self.echoed:
-            closing.append(_chunk(self.prepared, self.prepared.prompts[0], None, None))
-        return [*closing, _chunk(self.prepared, "", None, _finish(choice.result)), {"data": "[DONE]"}]
+        closing = [
+            self._chunk(c.result.choice, self._echoed(c.result.choice), None, _finish(c.result)) for c in choices
+        ]
+        options = self.prepared.request.stream_options
+        if options is not None and options.include_usage:
+            usage = self.prepared.usage(sum(len(c.result.token_ids) for c in choices))
+            closing.append({"data": _response(self.prepared, [], usage).model_dump_json()})
+        return [*closing, {"data": "[DONE]"}]
 
     def error(self, error_type: str, message: str) -> Event:
         return {"data": json.dumps({"error": {"type": error_type, "message": message}})}
 
-
-def _chunk(
-    prepared: PreparedCompletion,
-    text: str,
-    logprobs: CompletionLogprobs | None,
-    finish: Literal["length", "stop"] | None,
-) -> dict[str, Any]:
-    choice = CompletionChoice(index=0, text=text, logprobs=logprobs, finish_reason=finish)
-    chunk = CompletionResponse(
-        id=prepared.id, created=prepared.created, model=prepared.served.id, choices=[choice], usage=None
-    )
-    return {"data": chunk.model_dump_json()}
+    def _chunk(self, index: int, text: str, logprobs: CompletionLogprobs | None, finish: FinishReason | None) -> Event:
+        choice = CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=finish)
+        return {"data": _response(self.prepared, [choice], None).model_dump_json()}
