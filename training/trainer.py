@@ -293,7 +293,7 @@ class Trainer:
                     logits, self.hidden = self.network(inputs, self.hidden)  # (B, T, V)
                 loss = F.cross_entropy(logits.float().view(-1, vocab_size), targets.reshape(-1))
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
                 if config.clip > 0:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip, foreach=True)
                 lr = self.schedule.lr(progress.step, self.elapsed())
