@@ -399,6 +399,8 @@ class Trainer:
             "device": self.device.type,
             "config": config.to_dict(),
         }
+        if self.device.type == "cuda":  # what the run needed of the GPU (bench/gpu_check.py reports it)
+            data["gpu_memory_peak_bytes"] = torch.cuda.max_memory_allocated(self.device)
         if config.level == "char" and math.isfinite(val_loss):
             data["val_bpc"] = quality(val_loss, "char")["bpc"]
         if test_loss is not None:
