@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -156,7 +157,8 @@ def markdown(data: dict[str, Any]) -> str:
 def ensure_dependencies() -> list[str]:
     """Install the carried wheels when an import is missing; returns what is still missing."""
     missing = [name for name in NEEDED if importlib.util.find_spec(name) is None]
-    wheels = sorted(WHEELS.glob("*.whl")) if WHEELS.is_dir() else []
+    # Only what this Python lacks: a carried numpy must not shadow the one torch was installed with.
+    wheels = [w for w in sorted(WHEELS.glob("*.whl")) if not installed(w.name.split("-")[0])] if WHEELS.is_dir() else []
     if missing and wheels:
         print(f"[gpu_check] installing {len(wheels)} wheels from .whl/ (missing: {', '.join(missing)})", flush=True)
         command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--target", str(SITE)]
@@ -168,6 +170,14 @@ def ensure_dependencies() -> list[str]:
         sys.path.insert(0, str(SITE))
         importlib.invalidate_caches()
     return [name for name in NEEDED if importlib.util.find_spec(name) is None]
+
+
+def installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def unpack_wheel(wheel: Path, target: Path) -> None:
