@@ -74,7 +74,12 @@ def main() -> int:
     parser.add_argument("--first", default="cuda", help="device of the first server")
     parser.add_argument("--second", default="cpu", help="device of the second server")
     parser.add_argument("--checkpoint", type=Path, default=None, help="a trained checkpoint (else a tiny random one)")
-    parser.add_argument("--tolerance", type=float, default=2e-3, help="largest per-token log-probability difference")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-2,
+        help="largest per-token log-probability difference (cuDNN may use TF32)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
