@@ -35,7 +35,13 @@ machine's Python version:
 gpu_check then installs them with `pip install --no-index --no-deps --target
 .whl/site .whl/*.whl` (when an import is missing) and puts `.whl/site` and the
 repository on the path of every step. The corpora come from `$RNNLM_DATA_DIR` (ptb/,
-tinyshakespeare/), as for `rnnlm-train`.
+tinyshakespeare/), as for `rnnlm-train`, else from `.data-cache/` (the trainer's own
+cache, same layout, git-ignored: copy ptb/ and tinyshakespeare/ there to carry them to a
+machine without network). The trainer's cache is the only place it looks besides.
+
+On the device tool (10 minutes per command): carry `.whl` and `.data-cache`, and run
+`python bench/gpu_check.py --budget-minutes 9.5 --out $OUT/gpu-check` with a 600 s
+timeout; the trainings shrink to fit (about 4 minutes each, side by side).
 """
 
 from __future__ import annotations
@@ -279,6 +285,12 @@ def run_tests(report: Report, args: argparse.Namespace, env: dict[str, str]) -> 
 
 def run_speedruns(report: Report, args: argparse.Namespace, env: dict[str, str]) -> None:
     """Both speedruns at once on the one GPU (each is latency-bound), each with its own clock."""
+    missing = [] if args.dry_run else missing_corpora()
+    if missing:  # the trainer would try to download them: gpu_check never downloads
+        report.step(
+            "2. speedruns", error=f"corpora not found (RNNLM_DATA_DIR, else .data-cache/): {', '.join(missing)}"
+        )
+        return
     minutes = {"word-ptb-speedrun": args.ptb_minutes, "char-shakespeare-speedrun": args.shakespeare_minutes}
     startup = 60.0  # import, tokenise the corpus, build the model; the closing evaluation is inside --max-minutes
     fits = max((report.left() - args.reserve_seconds - startup) / 60, 0.05)
@@ -298,6 +310,14 @@ def run_speedruns(report: Report, args: argparse.Namespace, env: dict[str, str])
         report.step(f"2. speedrun {recipe}", **speedrun_figures(recipe, out, budget, rc, timed_out))
         if rc != 0:
             report.step(f"2. speedrun {recipe}", log_tail=tail(args.out / f"{recipe}.log"))
+
+
+def missing_corpora() -> list[str]:
+    """The corpus files the speedruns need that are neither in $RNNLM_DATA_DIR nor in the trainer's cache."""
+    places = [Path(os.environ["RNNLM_DATA_DIR"])] if os.environ.get("RNNLM_DATA_DIR") else []
+    places.append(ROOT / ".data-cache")  # the trainer's default download cache, same layout
+    needed = ("ptb/train.txt", "ptb/valid.txt", "ptb/test.txt", "tinyshakespeare/input.txt")
+    return [name for name in needed if not any((place / name).is_file() for place in places)]
 
 
 def speedrun_figures(recipe: str, out: Path, minutes: float, rc: int | None, timed_out: bool) -> dict[str, Any]:
@@ -438,8 +458,8 @@ def main(argv: list[str] | None = None) -> int:
             "gpu_check: no CUDA device here (torch.cuda.is_available() is False); run it on a GPU machine, or with --dry-run"
         )
         return 2
+    report = Report(args.out, args.budget_minutes * 60, args.dry_run)  # the clock includes installing
     missing = ensure_dependencies()
-    report = Report(args.out, args.budget_minutes * 60, args.dry_run)
     if missing:
         report.data["missing_packages"] = missing
 
