@@ -8,6 +8,7 @@ fresh states (what the engine does); the server side sends the same batches as
 `/v1/score` calls, `--concurrency` at a time. Prints sentences/s and the ratio.
 
     nice .venv/bin/python bench/serve_score.py [--sentences 512] [--batch 64] [--concurrency 4]
+                                               [--device cpu|cuda] [--json PATH]
 
 Prints figures; never asserts on speed.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import sys
@@ -56,7 +58,7 @@ def in_process_sentences_per_second(model: RNNLM, tokenizer: WordTokenizer, line
     for start in range(0, len(texts), batch):
         rows = texts[start : start + batch]
         state, pending = fresh_sequences(model, tokenizer.boundary_id, len(rows))
-        feed_tokens(model, state, pending, rows)
+        feed_tokens(model, state, pending, rows)  # returns CPU lists: waits for the device
     return len(texts) / (time.perf_counter() - started)
 
 
@@ -83,6 +85,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="sentences per forward / per /v1/score call")
     parser.add_argument("--concurrency", type=int, default=4, help="/v1/score calls in flight")
     parser.add_argument("--torch-threads", type=int, default=None, help="same for the loop and the server")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="for the loop and the server")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
@@ -96,17 +100,24 @@ def main() -> None:
             vocab_size=tokenizer.vocab_size, cell="lstm", embedding_size=650, hidden_size=650, num_layers=2, dropout=0
         )
         save_checkpoint(Path(tmp) / MODEL_ID, RNNLM(config).eval(), tokenizer)
-        model = load_checkpoint(Path(tmp) / MODEL_ID).model
+        model = load_checkpoint(Path(tmp) / MODEL_ID, device=args.device).model
         in_process_sentences_per_second(model, tokenizer, lines[: args.batch], args.batch)  # warm up
         # The engine may merge the calls in flight into one forward: compare with that batch size too.
         sizes = sorted({args.batch, args.batch * args.concurrency})
         in_process = {size: in_process_sentences_per_second(model, tokenizer, lines, size) for size in sizes}
         del model
-        env = {"RNNLM_TORCH_THREADS": str(threads), "RNNLM_MAX_SCORE_TEXTS": str(args.batch)}
+        env = {
+            "RNNLM_TORCH_THREADS": str(threads),
+            "RNNLM_MAX_SCORE_TEXTS": str(args.batch),
+            "RNNLM_DEVICE": args.device,
+        }
         with live_server(Path(tmp), env) as url:
             served = asyncio.run(served_sentences_per_second(url, lines, args.batch, args.concurrency))
 
-    print(f"\n2x650 LSTM, vocabulary {tokenizer.vocab_size}; {source}; {tokens} tokens; torch threads {threads}, CPU")
+    device = args.device.upper() if args.device == "cpu" else torch.cuda.get_device_name()
+    print(
+        f"\n2x650 LSTM, vocabulary {tokenizer.vocab_size}; {source}; {tokens} tokens; torch threads {threads}, {device}"
+    )
     print(f"{'':>36} | {'sentences/s':>11} | {'tokens/s':>9} | {'server / this':>13}")
     print("-" * 80)
     for size, rate in in_process.items():
@@ -114,6 +125,18 @@ def main() -> None:
         print(f"{label:>36} | {rate:>11.1f} | {rate * tokens / len(lines):>9.0f} | {served / rate:>13.0%}")
     label = f"/v1/score, {args.batch}/call, {args.concurrency} in flight"
     print(f"{label:>36} | {served:>11.1f} | {served * tokens / len(lines):>9.0f} |")
+    if args.json is not None:
+        figures = {
+            "device": device,
+            "source": source,
+            "sentences": len(lines),
+            "tokens": tokens,
+            "batch": args.batch,
+            "concurrency": args.concurrency,
+            "served_sentences_per_s": served,
+            "in_process_sentences_per_s": {str(size): rate for size, rate in in_process.items()},
+        }
+        args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

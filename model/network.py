@@ -9,6 +9,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from model.regularization import embedding_dropout, layer_params, locked_dropout, run_layer
+
 CellKind = Literal["rnn_tanh", "lstm", "gru"]
 CELLS: tuple[str, ...] = ("rnn_tanh", "lstm", "gru")
 
@@ -28,6 +30,10 @@ class ModelConfig:
     dropout: float = 0.2
     tie_weights: bool = False
     init_range: float = 0.1
+    # AWD-LSTM regularisers (Merity et al. 2017), training only; the defaults are the plain network.
+    variational_dropout: bool = False  # `dropout` masks locked over time, also between layers
+    embedding_dropout: float = 0.0  # drop whole words from the embedding matrix
+    weight_drop: float = 0.0  # DropConnect on the hidden-to-hidden weights
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -35,8 +41,9 @@ class ModelConfig:
         for name in ("vocab_size", "embedding_size", "hidden_size", "num_layers"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError("dropout must be in [0, 1)")
+        for name in ("dropout", "embedding_dropout", "weight_drop"):
+            if not 0.0 <= float(getattr(self, name)) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1)")
         if self.tie_weights and self.embedding_size != self.hidden_size:
             raise ValueError(
                 f"tie_weights needs embedding_size == hidden_size (got {self.embedding_size} and {self.hidden_size})"
@@ -101,13 +108,19 @@ class RNNLM(nn.Module):
         at padded positions are meaningless.
         """
         output, state = self.encode(ids, state, lengths)
-        return self.decoder(self.dropout(output)), state  # (B, T, V)
+        if self.config.variational_dropout:
+            output = locked_dropout(output, self.config.dropout, self.training)
+        else:
+            output = self.dropout(output)
+        return self.decoder(output), state  # (B, T, V)
 
     def encode(self, ids: Tensor, state: State | None = None, lengths: Tensor | None = None) -> tuple[Tensor, State]:
         """The top layer's outputs (B, T, H) before the decoder, and the state."""
         batch_size, steps = ids.shape
         if state is None:
             state = self.init_state(batch_size)
+        if self.training and lengths is None and self.regularised:
+            return self.encode_regularised(ids, state)
         x = self.dropout(self.embedding(ids))  # (B, T, E)
         if lengths is None:
             output, state = self.rnn(x, state)  # (B, T, H)
@@ -116,6 +129,28 @@ class RNNLM(nn.Module):
         packed_output, state = self.rnn(packed, state)
         output, _ = pad_packed_sequence(packed_output, batch_first=True, total_length=steps)
         return output, state
+
+    @property
+    def regularised(self) -> bool:
+        """Whether training uses the AWD-LSTM path (layer by layer, explicit weights)."""
+        config = self.config
+        return config.variational_dropout or config.embedding_dropout > 0 or config.weight_drop > 0
+
+    def encode_regularised(self, ids: Tensor, state: State) -> tuple[Tensor, State]:
+        """`encode` in training with the AWD-LSTM regularisers: the same parameters and the
+        same fused kernel, called one layer at a time so that masks go between the layers."""
+        config = self.config
+        locked = config.variational_dropout
+        x = embedding_dropout(self.embedding, ids, config.embedding_dropout, self.training)  # (B, T, E)
+        x = locked_dropout(x, config.dropout, True) if locked else self.dropout(x)
+        states: list[State] = []
+        for layer in range(config.num_layers):
+            if layer > 0:  # between layers, as nn.LSTM's own dropout
+                x = locked_dropout(x, config.dropout, True) if locked else self.dropout(x)
+            params = layer_params(self.rnn, layer, config.weight_drop, self.training)
+            x, layer_state = run_layer(self.rnn, params, x, select_state(state, slice(layer, layer + 1), dim=0))
+            states.append(layer_state)
+        return x, cat_states(states, dim=0)  # (B, T, H)
 
     def decode(self, output: Tensor) -> Tensor:
         """Logits from top-layer outputs (no dropout: used at inference)."""
@@ -138,20 +173,24 @@ def state_tensors(state: State) -> list[Tensor]:
     return list(state) if isinstance(state, tuple) else [state]
 
 
-def cat_states(states: list[State]) -> State:
-    """Join single- or multi-row states along the batch dimension."""
+def cat_states(states: list[State], dim: int = 1) -> State:
+    """Join single- or multi-row states along the batch dimension (dim=0: join layers)."""
     first = states[0]
     if isinstance(first, tuple):
         pairs = [s for s in states if isinstance(s, tuple)]
-        return (torch.cat([h for h, _ in pairs], dim=1), torch.cat([c for _, c in pairs], dim=1))
-    return torch.cat([s for s in states if isinstance(s, Tensor)], dim=1)
+        return (torch.cat([h for h, _ in pairs], dim=dim), torch.cat([c for _, c in pairs], dim=dim))
+    return torch.cat([s for s in states if isinstance(s, Tensor)], dim=dim)
 
 
-def select_state(state: State, rows: Tensor | list[int] | slice) -> State:
-    """The rows `rows` of a batched state (batch is dim 1)."""
+def select_state(state: State, rows: Tensor | list[int] | slice, dim: int = 1) -> State:
+    """The rows `rows` of a batched state (batch is dim 1; dim=0 selects layers instead)."""
     if isinstance(state, tuple):
-        return (state[0][:, rows], state[1][:, rows])
-    return state[:, rows]
+        return (_select(state[0], rows, dim), _select(state[1], rows, dim))
+    return _select(state, rows, dim)
+
+
+def _select(tensor: Tensor, rows: Tensor | list[int] | slice, dim: int) -> Tensor:
+    return tensor[rows] if dim == 0 else tensor[:, rows]
 
 
 def split_state(state: State) -> list[State]:

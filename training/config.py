@@ -54,6 +54,11 @@ class TrainConfig:
     dropout: float = _help("dropout on embeddings, between layers and before the decoder", 0.2)
     tie_weights: bool = _help("share the embedding and decoder weights (Press & Wolf 2017)", False)
     init_range: float = _help("uniform init range of embedding and decoder", 0.1)
+    variational_dropout: bool = _help(
+        "dropout masks locked over time, also between layers (Gal & Ghahramani 2016; AWD-LSTM)", False
+    )
+    embedding_dropout: float = _help("drop whole words from the embedding matrix (AWD-LSTM)", 0.0)
+    weight_drop: float = _help("DropConnect on the hidden-to-hidden weights, fused kernel kept (AWD-LSTM)", 0.0)
     # optimisation
     batch_size: int = _help("parallel token streams B (split across DDP ranks)", 20)
     bptt: int = _help("truncated BPTT window length in tokens", 35)
@@ -129,6 +134,9 @@ class TrainConfig:
             dropout=self.dropout,
             tie_weights=self.tie_weights,
             init_range=self.init_range,
+            variational_dropout=self.variational_dropout,
+            embedding_dropout=self.embedding_dropout,
+            weight_drop=self.weight_drop,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -207,9 +207,8 @@ def load_registry_corpus(name: str, data_dir: str, cache_dir: str) -> Corpus:
         train_docs = nsmc_documents(read_text(paths["ratings_train.txt"]))
         held_out = nsmc_documents(read_text(paths["ratings_test.txt"]))
         half = len(held_out) // 2
-        as_text = lambda docs: "".join(d + "\n" for d in docs)  # noqa: E731
         return Corpus(
-            name, as_text(train_docs), as_text(held_out[:half]), as_text(held_out[half:]), sha, dataset.split_rule
+            name, _lines(train_docs), _lines(held_out[:half]), _lines(held_out[half:]), sha, dataset.split_rule
         )
     texts = {split: read_text(paths[f"{split}.txt"]) for split in ("train", "valid", "test")}
     return Corpus(name, texts["train"], texts["valid"], texts["test"], sha, dataset.split_rule)
@@ -250,3 +249,8 @@ def load_corpus(data: str, data_dir: str = "", cache_dir: str = ".data-cache", s
     if data in REGISTRY:
         return load_registry_corpus(data, data_dir, cache_dir)
     return load_path_corpus(Path(data).expanduser(), split)
+
+
+def _lines(documents: list[str]) -> str:
+    """One document per line."""
+    return "".join(d + "\n" for d in documents)

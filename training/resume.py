@@ -133,18 +133,22 @@ def load_resume_state(directory: Path) -> ResumeState:
         optim_state.setdefault(int(index), {})[name] = tensor
     for index, scalars in meta["optimizer"]["scalars"].items():
         optim_state.setdefault(int(index), {}).update(scalars)
-    by_number = lambda d: [d[k] for k in sorted(d, key=int)]  # noqa: E731
     return ResumeState(
         config=meta["config"],
         progress=Progress(**meta["progress"]),
         schedule=meta["schedule"],
         model=group("model."),
         optimizer={"state": optim_state, "param_groups": meta["optimizer"]["param_groups"]},
-        hidden=by_number(group("hidden.")),
-        torch_rng=by_number(group("rng.torch.")),
-        cuda_rng=by_number(group("rng.cuda.")),
+        hidden=_by_number(group("hidden.")),
+        torch_rng=_by_number(group("rng.torch.")),
+        cuda_rng=_by_number(group("rng.cuda.")),
         python_rng=meta["python_rng"],
     )
+
+
+def _by_number(tensors: dict[str, Tensor]) -> list[Tensor]:
+    """Values of {"0": t0, "1": t1, ...} in numeric order."""
+    return [tensors[k] for k in sorted(tensors, key=int)]
 
 
 def _read_json(directory: Path) -> dict[str, Any]:

@@ -293,7 +293,7 @@ class Trainer:
                     logits, self.hidden = self.network(inputs, self.hidden)  # (B, T, V)
                 loss = F.cross_entropy(logits.float().view(-1, vocab_size), targets.reshape(-1))
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
                 if config.clip > 0:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip, foreach=True)
                 lr = self.schedule.lr(progress.step, self.elapsed())
@@ -399,6 +399,8 @@ class Trainer:
             "device": self.device.type,
             "config": config.to_dict(),
         }
+        if self.device.type == "cuda":  # what the run needed of the GPU (bench/gpu_check.py reports it)
+            data["gpu_memory_peak_bytes"] = torch.cuda.max_memory_allocated(self.device)
         if config.level == "char" and math.isfinite(val_loss):
             data["val_bpc"] = quality(val_loss, "char")["bpc"]
         if test_loss is not None:

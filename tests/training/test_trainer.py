@@ -85,6 +85,8 @@ def final_weights(trainer: Trainer) -> dict[str, Tensor]:
     [
         {"optimizer": "adamw", "lr": 0.01, "schedule": "cosine", "warmup_steps": 3},
         {"optimizer": "sgd", "momentum": 0.9, "lr": 0.5, "schedule": "plateau", "eval_every": 4, "cell": "gru"},
+        # AWD-LSTM's masks draw from the restored RNG too.
+        {"optimizer": "sgd", "lr": 0.5, "variational_dropout": True, "weight_drop": 0.3, "embedding_dropout": 0.1},
     ],
 )
 def test_resume_continues_exactly(tmp_path: Path, corpus: Corpus, settings: dict[str, Any]) -> None:
