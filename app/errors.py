@@ -48,6 +48,16 @@ class NotFound(ServiceError):
     error_type = "not_found"
 
 
+class Unsupported(ServiceError):
+    """An API this service does not offer (e.g. chat completions); the message says what to call instead.
+
+    404 rather than 400 (nothing is wrong with the request) or 501 (OpenAI clients retry a 5xx).
+    """
+
+    status_code = 404
+    error_type = "unsupported"
+
+
 class ServerBusy(ServiceError):
     status_code = 429
     error_type = "server_busy"
@@ -86,7 +96,7 @@ def _documented(description: str) -> dict[str, Any]:
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _documented("the body is not valid JSON or not UTF-8"),
     401: _documented("API keys are on and the call has no valid one"),
-    404: _documented("unknown model or session (or another key's session)"),
+    404: _documented("unknown model or session (or another key's session); an API not offered (type unsupported)"),
     409: _documented("a session at another version, of another model, or unreadable"),
     413: _documented("over a published size limit (named in the message)"),
     415: _documented("the body is not application/json"),
