@@ -42,6 +42,10 @@ def test_completion_whole_and_streamed_agree(client: openai.OpenAI, model: str, 
     assert "".join(pieces) == whole.choices[0].text
     again = complete(stream=False)
     assert again.choices[0].text == whole.choices[0].text  # same seed, same text
+    # The server's own fields through the SDK's extra_body: top_k=1 samples the most likely token, as greedy does.
+    top_1 = client.completions.create(model=model, prompt=prompt, max_tokens=12, seed=3, extra_body={"top_k": 1})
+    greedy = client.completions.create(model=model, prompt=prompt, max_tokens=12, temperature=0)
+    assert top_1.choices[0].text == greedy.choices[0].text
 
 
 @pytest.mark.parametrize(
