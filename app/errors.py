@@ -35,6 +35,16 @@ class NotFound(ServiceError):
     error_type = "not_found"
 
 
+class Unsupported(ServiceError):
+    """An API this service does not offer (e.g. chat completions); the message says what to call instead.
+
+    404 rather than 400 (nothing is wrong with the request) or 501 (OpenAI clients retry a 5xx).
+    """
+
+    status_code = 404
+    error_type = "unsupported"
+
+
 class Unavailable(ServiceError):
     status_code = 503
     error_type = "unavailable"

@@ -43,7 +43,7 @@ def _documented(description: str) -> dict[str, Any]:
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _documented("the body is not valid JSON or not UTF-8"),
     401: _documented("API keys are on and the call has no valid one"),
-    404: _documented("unknown model or session (or another key's session)"),
+    404: _documented("unknown model or session (or another key's session); an API not offered (type unsupported)"),
     409: _documented("a session at another version, of another model, or unreadable"),
     413: _documented("over a published size limit (named in the message)"),
     415: _documented("the body is not application/json"),

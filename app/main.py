@@ -13,7 +13,7 @@ from app.http_errors import ERROR_RESPONSES, install_error_handlers
 from app.metrics import Metrics, MetricsMiddleware
 from app.middleware import RequestGuardMiddleware
 from app.registry import load_models
-from app.routers import completions, fill, generate, models, playground, score, sessions, system
+from app.routers import chat, completions, fill, generate, models, playground, score, sessions, system, tokenizer
 from app.security import ApiKeys, authenticate
 from app.serving.sessions import open_sessions
 from app.settings import Settings
@@ -54,8 +54,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(RequestGuardMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    for module in (models, generate, score, fill, completions, sessions):  # the API: a key when keys are set
+    for module in (models, tokenizer, generate, score, fill, completions, sessions):  # the API: a key when keys are set
         app.include_router(module.router, dependencies=[Depends(authenticate)], responses=ERROR_RESPONSES)
-    for module in (system, playground):  # /health, /ready and the page stay open; /info and /metrics check keys
+    # /health, /ready and the page stay open; /info and /metrics check keys; the chat refusal tells nothing.
+    for module in (system, playground, chat):
         app.include_router(module.router)
     return app

@@ -1,10 +1,12 @@
-"""The README tells the truth: its curl examples run, cover every endpoint, and its settings exist.
+"""The README and the pages of docs/ tell the truth: curl examples run, cover every endpoint, settings exist.
 
-Every `curl` line in the README's code blocks is parsed (method, path, JSON body) and
-sent, in order, to the app over ASGI with tiny models named like the quickstart's; all
-must succeed. `$S` (or any `$NAME`) in a path is the session the last
-`POST /v1/sessions` example created. The configuration table must list every server
-setting with its real default, and every `RNNLM_` name the README mentions must exist.
+Every `curl` line in a page's code blocks is parsed (method, path, JSON body) and sent,
+in order, to the app over ASGI with tiny models named like the quickstart's; all must
+succeed. `$S` (or any `$NAME`) in a path is the session the last `POST /v1/sessions`
+example of the same page created. Together the pages have an example for every
+endpoint. The configuration table (docs/configuration.md) must list every server setting
+with its real default, every `RNNLM_` name a page mentions must exist, and every
+relative link between the pages must lead to a file that exists.
 """
 
 from __future__ import annotations
@@ -25,11 +27,16 @@ from app.quickstart import QuickstartSettings
 from app.settings import Settings
 from tests.factories import make_checkpoint
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+CONFIGURATION = ROOT / "docs" / "configuration.md"
+LINK = re.compile(r"\]\(([^)\s]+)\)")
 URL = re.compile(r"^(?:https?://)?(?:localhost|127\.0\.0\.1):\d+(/[^\s]*)$")
 VARIABLE = re.compile(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?")
-# RNNLM_ names that are not server settings: read by the trainer, the quickstart and the tests.
-OTHER_VARIABLES = {"RNNLM_DATA_DIR", "RNNLM_TEST_REDIS_URL"} | {
+# RNNLM_ names that are not server settings: read by the trainer, the quickstart and the tests;
+# RNNLM_SHARE_PREFIXES is what bench/mc_prefix.py sets for the server setting the completions rework adds.
+OTHER_VARIABLES = {"RNNLM_DATA_DIR", "RNNLM_TEST_REDIS_URL", "RNNLM_SHARE_PREFIXES"} | {
     f"RNNLM_QUICKSTART_{name.upper()}" for name in QuickstartSettings.model_fields
 }
 
@@ -105,9 +112,14 @@ def documented_settings(text: str) -> dict[str, str]:
     return {name: default.strip().strip("`") for name, default in rows}
 
 
+def page_id(page: Path) -> str:
+    return str(page.relative_to(ROOT))
+
+
 @pytest.fixture(scope="module")
-def readme() -> str:
-    return README.read_text(encoding="utf-8")
+def pages() -> dict[str, str]:
+    """Every page's text by its path from the repository root."""
+    return {page_id(page): page.read_text(encoding="utf-8") for page in PAGES}
 
 
 @pytest.fixture
@@ -139,14 +151,18 @@ async def run_examples(client: httpx.AsyncClient, examples: list[CurlExample]) -
             session = response.json()["id"]
 
 
-async def test_every_curl_example_succeeds(readme: str, client: httpx.AsyncClient) -> None:
-    examples = curl_examples(readme)
-    assert len(examples) >= 15
-    await run_examples(client, examples)
+def test_the_readme_and_the_docs_have_curl_examples(pages: dict[str, str]) -> None:
+    assert len(curl_examples(pages["README.md"])) >= 8  # the first tour
+    assert len(curl_examples(pages["docs/api.md"])) >= 15
 
 
-def test_every_endpoint_has_a_curl_example(readme: str) -> None:
-    examples = curl_examples(readme)
+@pytest.mark.parametrize("page", PAGES, ids=page_id)
+async def test_every_curl_example_succeeds(page: Path, client: httpx.AsyncClient) -> None:
+    await run_examples(client, curl_examples(page.read_text(encoding="utf-8")))
+
+
+def test_every_endpoint_has_a_curl_example(pages: dict[str, str]) -> None:
+    examples = [example for text in pages.values() for example in curl_examples(text)]
     # The API's operations as published in its schema (the playground page and its assets are not in it).
     paths = create_app(Settings()).openapi()["paths"]
     assert len(paths) >= 15, f"the schema lists only {sorted(paths)}"
@@ -159,19 +175,39 @@ def test_every_endpoint_has_a_curl_example(readme: str) -> None:
             )
             if not covered:
                 missing.append(f"{method.upper()} {path}")
-    assert not missing, f"no curl example in the README for {missing}"
+    assert not missing, f"no curl example in the README or docs/ for {missing}"
 
 
-def test_configuration_table_lists_every_setting_with_its_default(readme: str) -> None:
-    table = documented_settings(readme)
+def test_configuration_table_lists_every_setting_with_its_default(pages: dict[str, str]) -> None:
+    table = documented_settings(pages[page_id(CONFIGURATION)])
     for name, field in Settings.model_fields.items():
         variable = f"RNNLM_{name.upper()}"
-        assert variable in table, f"README's configuration table lacks {variable}"
+        assert variable in table, f"the configuration table lacks {variable}"
         expected = "unset" if field.default is None else str(field.default)
-        assert table[variable] == expected, f"{variable}: README says {table[variable]!r}, the default is {expected!r}"
+        assert table[variable] == expected, f"{variable}: the docs say {table[variable]!r}, the default is {expected!r}"
 
 
-def test_every_rnnlm_variable_the_readme_names_exists(readme: str) -> None:
+@pytest.mark.parametrize("page", PAGES, ids=page_id)
+def test_every_rnnlm_variable_a_page_names_exists(page: Path) -> None:
     known = {f"RNNLM_{name.upper()}" for name in Settings.model_fields} | OTHER_VARIABLES
-    named = set(re.findall(r"RNNLM_[A-Z0-9_]*[A-Z0-9]", readme))
-    assert named <= known, f"the README names settings that do not exist: {sorted(named - known)}"
+    named = set(re.findall(r"RNNLM_[A-Z0-9_]*[A-Z0-9]", page.read_text(encoding="utf-8")))
+    assert named <= known, f"{page_id(page)} names settings that do not exist: {sorted(named - known)}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=page_id)
+def test_every_relative_link_leads_to_a_page_and_heading(page: Path) -> None:
+    """`[text](other.md#heading)`: the file exists and, with an anchor, has a heading that makes it (GitHub's rule)."""
+    for target in LINK.findall(page.read_text(encoding="utf-8")):
+        if re.match(r"[a-z]+:", target):
+            continue  # an absolute address
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        assert linked.is_file(), f"{page_id(page)}: link to {target}, no such file"
+        if anchor and linked.suffix == ".md":
+            assert anchor in anchors(linked.read_text(encoding="utf-8")), f"{page_id(page)}: no heading for {target}"
+
+
+def anchors(text: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    headings = re.findall(r"^#+ (.+)$", re.sub(r"^```.*?^```", "", text, flags=re.S | re.M), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}

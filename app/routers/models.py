@@ -1,11 +1,18 @@
-"""GET /v1/models, POST /v1/tokenize and /v1/detokenize."""
+"""GET /v1/models and /v1/models/{id}, POST /v1/tokenize and /v1/detokenize."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
 from app.dependencies import ModelsDep, SettingsDep
-from app.protocol.models import DetokenizeRequest, DetokenizeResponse, ModelList, TokenizeRequest, TokenizeResponse
+from app.protocol.models import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    ModelCard,
+    ModelList,
+    TokenizeRequest,
+    TokenizeResponse,
+)
 from app.serving import models as serving
 
 router = APIRouter(prefix="/v1", tags=["models"])
@@ -14,6 +21,11 @@ router = APIRouter(prefix="/v1", tags=["models"])
 @router.get("/models")
 def list_models(models: ModelsDep) -> ModelList:
     return serving.list_models(models)
+
+
+@router.get("/models/{model_id}")
+def get_model(model_id: str, models: ModelsDep) -> ModelCard:
+    return serving.get_model(models, model_id)
 
 
 @router.post("/tokenize")

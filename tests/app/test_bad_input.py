@@ -1,8 +1,8 @@
-"""The README's bad-input table, one row per case: what a client sends and the answer it gets.
+"""The bad-input table of docs/errors.md, one row per case: what a client sends and the answer it gets.
 
 Rows already held by tests/app/test_limits.py and tests/app/test_sessions.py (malformed JSON,
 invalid UTF-8, NaN/Infinity, lone surrogates, each size limit, unknown model, typo'd
-fields, wrong content type, 429) are not repeated here; the README table points to them.
+fields, wrong content type, 429) are not repeated here; the table points to them.
 """
 
 from __future__ import annotations

@@ -34,6 +34,17 @@ async def test_models_list(client: httpx.AsyncClient) -> None:
     assert cards["char"]["training"]["corpus"] == "tiny"
 
 
+async def test_one_model_is_the_card_of_the_list(client: httpx.AsyncClient) -> None:
+    cards = {card["id"]: card for card in (await client.get("/v1/models")).json()["data"]}
+    for model_id, card in cards.items():
+        assert (await client.get(f"/v1/models/{model_id}")).json() == card
+    missing = await client.get("/v1/models/no-such-model")
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found"
+    assert (
+        "'no-such-model'" in missing.json()["error"]["message"] and missing.json()["error"]["model"] == "no-such-model"
+    )
+
+
 async def test_default_model_setting(make_client: object) -> None:
     async with make_client(default_model="word") as client:  # type: ignore[operator]
         assert (await client.post("/v1/generate", json={"max_tokens": 1})).json()["model"] == "word"
