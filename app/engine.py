@@ -632,16 +632,14 @@ class Engine:
         if history and pool.seen is not None and pool.counts is not None:
             pool.seen[index, ids] = True
             pool.counts[index, ids] += 1
-        raw = logits.float()
-        normaliser = torch.logsumexp(raw, dim=-1)  # (S,)
-        chosen = (raw.gather(1, ids.unsqueeze(1)).squeeze(1) - normaliser).tolist()
+        raw = torch.log_softmax(logits.float(), dim=-1)  # (S, V) the model's own log-probabilities
+        chosen = raw.gather(1, ids.unsqueeze(1)).squeeze(1).tolist()
         wanted = max(row.settings.top_logprobs for row in rows)
         top_values: list[list[float]] = [[] for _ in rows]
         top_ids: list[list[int]] = [[] for _ in rows]
         if wanted:
             values, indices = torch.topk(raw, min(wanted, raw.shape[1]), dim=-1)
-            top_values = (values - normaliser.unsqueeze(1)).tolist()
-            top_ids = indices.tolist()
+            top_values, top_ids = values.tolist(), indices.tolist()
         for i, (row, token_id) in enumerate(zip(rows, ids.tolist(), strict=True)):
             count = row.settings.top_logprobs
             self._emit(

@@ -97,9 +97,10 @@ def _column(values: list[float], like: Tensor) -> Tensor:
 def process_logits(logits: Tensor, inputs: SamplerInputs) -> Tensor:
     """The logits after bias, penalties and bans (B, V), float32; the input is left as it was."""
     params = inputs.params
-    logits = logits.float().clone()
+    logits = logits.float()
     bias = [(row, token, value) for row, p in enumerate(params) for token, value in p.logit_bias]
     if bias:
+        logits = logits.clone()  # index_put_ works in place
         rows, tokens, values = zip(*bias, strict=True)
         index = (torch.tensor(rows, device=logits.device), torch.tensor(tokens, device=logits.device))
         logits.index_put_(index, torch.tensor(values, device=logits.device), accumulate=True)
@@ -206,8 +207,8 @@ def uniforms(seeds: Tensor, steps: Tensor, attempt: int = 0) -> Tensor:
     return ((word >> 5).double() * 2.0**26 + (second >> 6).double()) / 2.0**53
 
 
-def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
-    """(R,) the token where each row's cumulative mass (in vocabulary order) passes u times its total."""
+def _inverse_cdf(probs: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """(R,) the token where each row's cumulative mass (in vocabulary order) passes u times its total; the totals."""
     cumulative = probs.double().cumsum(dim=-1)  # (R, V)
     index = torch.searchsorted(cumulative, (u.to(probs.device) * cumulative[:, -1]).unsqueeze(1), right=True)
     index = index.squeeze(1).clamp(max=probs.shape[1] - 1)
@@ -215,10 +216,10 @@ def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
     if bool((landed == 0).any()):  # u * total rounded up to the total: take the last token with any mass
         last = probs.shape[1] - 1 - (probs > 0).flip(1).int().argmax(dim=1)
         index = torch.where(landed == 0, last, index)
-    return index
+    return index, cumulative[:, -1]
 
 
-def _in_filters(probs: Tensor, index: Tensor, params: list[SamplingParams]) -> Tensor:
+def _in_filters(probs: Tensor, index: Tensor, total: Tensor, params: list[SamplingParams]) -> Tensor:
     """(R,) bool: whether each row's token `index` is one its top-k, top-p and min-p filters keep.
 
     Only for rows that use at most one of top-k and top-p (the nucleus is then over the whole mass).
@@ -227,9 +228,9 @@ def _in_filters(probs: Tensor, index: Tensor, params: list[SamplingParams]) -> T
     accept = torch.ones(index.shape, dtype=torch.bool, device=probs.device)
     if any(p.top_p < 1.0 for p in params):
         # In the nucleus iff the mass of the strictly more likely tokens is still short of top_p.
-        more_likely = torch.where(probs > chosen, probs, 0.0).sum(dim=1, dtype=torch.float64)
+        more_likely = (probs * (probs > chosen)).sum(dim=1).double()
         top_p = torch.tensor([p.top_p for p in params], dtype=torch.float64, device=probs.device)
-        accept &= more_likely < top_p * probs.sum(dim=1, dtype=torch.float64)
+        accept &= more_likely < top_p * total
     if any(p.top_k for p in params):
         top_k = torch.tensor([p.top_k or probs.shape[1] for p in params], device=probs.device)
         accept &= (probs > chosen).sum(dim=1) < top_k
@@ -254,8 +255,9 @@ def sample(logits: Tensor, inputs: SamplerInputs) -> Tensor:
     """
     params = inputs.params
     logits = process_logits(logits, inputs)
-    temperature = _column([p.temperature or 1.0 for p in params], logits)
-    probs = torch.softmax(logits / temperature, dim=-1)  # (B, V)
+    if any(p.temperature not in (0.0, 1.0) for p in params):
+        logits = logits / _column([p.temperature or 1.0 for p in params], logits)
+    probs = torch.softmax(logits, dim=-1)  # (B, V)
     chosen = torch.zeros(len(params), dtype=torch.long, device=logits.device)
     greedy = [row for row, p in enumerate(params) if p.temperature == 0]
     if greedy:
@@ -266,10 +268,12 @@ def sample(logits: Tensor, inputs: SamplerInputs) -> Tensor:
     for attempt in range(REJECTION_ATTEMPTS):
         if not waiting:
             break
+        every = len(waiting) == len(params)  # the usual first draw: no rows to pick out
         rows = torch.tensor(waiting, device=logits.device)
-        row_probs = probs[rows]
-        index = _inverse_cdf(row_probs, uniforms(inputs.seeds[rows], inputs.steps[rows], attempt))
-        accept = _in_filters(row_probs, index, [params[row] for row in waiting])
+        row_probs = probs if every else probs[rows]
+        seeds, steps = (inputs.seeds, inputs.steps) if every else (inputs.seeds[rows], inputs.steps[rows])
+        index, total = _inverse_cdf(row_probs, uniforms(seeds, steps, attempt))
+        accept = _in_filters(row_probs, index, total, [params[row] for row in waiting])
         chosen[rows] = torch.where(accept, index, chosen[rows])
         waiting = [row for row, ok in zip(waiting, accept.tolist(), strict=True) if not ok]
     exact += waiting
@@ -277,7 +281,7 @@ def sample(logits: Tensor, inputs: SamplerInputs) -> Tensor:
         rows = torch.tensor(exact, device=logits.device)
         row_probs = probs[rows]
         row_probs = row_probs * _kept(row_probs, [params[row] for row in exact])
-        chosen[rows] = _inverse_cdf(row_probs, uniforms(inputs.seeds[rows], inputs.steps[rows], REJECTION_ATTEMPTS))
+        chosen[rows] = _inverse_cdf(row_probs, uniforms(inputs.seeds[rows], inputs.steps[rows], REJECTION_ATTEMPTS))[0]
     return chosen
 
 
