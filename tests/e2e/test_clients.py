@@ -1,9 +1,10 @@
 """Real client packages against a live server: the `openai` SDK and lm-evaluation-harness's tokenizer.
 
 What a user of those packages does, over real HTTP: completions whole and streamed,
-prompt scoring with `echo` that agrees with /v1/score, the model list, the chat refusal,
-and the remote tokenizer lm-evaluation-harness builds from /tokenizer_info, /tokenize and
-/detokenize. (lm-evaluation-harness's own log-likelihood runs are in test_lm_eval.py.)
+prompt scoring with `echo` that agrees with /v1/score, a refused field as the SDK's 422, the
+model list, the chat refusal, and the remote tokenizer lm-evaluation-harness builds from
+/tokenizer_info, /tokenize and /detokenize. (lm-evaluation-harness's own log-likelihood runs
+are in test_lm_eval.py and test_lm_eval_tasks.py.)
 """
 
 from __future__ import annotations
@@ -77,6 +78,21 @@ def test_chat_completions_points_to_completions(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as refused:
         client.chat.completions.create(model="word", messages=[{"role": "user", "content": "hi"}])
     assert "/v1/completions" in str(refused.value) and "chat template" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("fields", "refused"),
+    [
+        ({"suffix": " on the mat"}, "suffix"),  # no backward partner of `word` is loaded
+        ({"best_of": 2, "stream": True}, "best_of"),  # the best of several are known only at the end
+    ],
+)
+def test_a_refused_field_is_the_sdks_422_naming_it(client: openai.OpenAI, fields: dict[str, Any], refused: str) -> None:
+    with pytest.raises(openai.UnprocessableEntityError) as error:
+        client.completions.create(model="word", prompt="the cat ", max_tokens=2, **fields)
+    assert error.value.status_code == 422
+    assert isinstance(error.value.body, dict) and error.value.body["field"] == refused
+    assert refused in error.value.message
 
 
 def test_lm_eval_remote_tokenizer(live_url: str) -> None:
