@@ -34,9 +34,8 @@ CONFIGURATION = ROOT / "docs" / "configuration.md"
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 URL = re.compile(r"^(?:https?://)?(?:localhost|127\.0\.0\.1):\d+(/[^\s]*)$")
 VARIABLE = re.compile(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?")
-# RNNLM_ names that are not server settings: read by the trainer, the quickstart and the tests;
-# RNNLM_SHARE_PREFIXES is what bench/mc_prefix.py sets for the server setting the completions rework adds.
-OTHER_VARIABLES = {"RNNLM_DATA_DIR", "RNNLM_TEST_REDIS_URL", "RNNLM_SHARE_PREFIXES"} | {
+# RNNLM_ names that are not server settings: read by the trainer, the quickstart and the tests.
+OTHER_VARIABLES = {"RNNLM_DATA_DIR", "RNNLM_TEST_REDIS_URL"} | {
     f"RNNLM_QUICKSTART_{name.upper()}" for name in QuickstartSettings.model_fields
 }
 
