@@ -10,11 +10,13 @@ vocabulary. Per row, in this order:
 3. banned tokens (e.g. the end of text before `min_tokens`) get -inf;
 4. temperature 0 is greedy (argmax); otherwise softmax(logits / temperature), then the
    top-k, nucleus (top-p, Holtzman et al. 2020) and min-p filters keep a set of tokens;
-5. one uniform number per row picks a token by the inverse CDF of the kept mass, in
-   vocabulary order.
+5. a token is drawn by the inverse CDF (in vocabulary order) of the whole distribution
+   and kept if the filters keep it, else drawn again (rejection, which gives exactly the
+   filtered distribution); after a few rejections, or when top-k and top-p are combined,
+   the draw is from the exact filtered mass (`_kept`).
 
-The uniform number is a counter-based stream: a hash of (seed, step), where step counts
-the row's own sampled tokens. A seeded row therefore draws the same numbers whatever
+Each draw's uniform number is a counter-based stream: a hash of (seed, step, attempt),
+where step counts the row's own sampled tokens. A seeded row therefore draws the same numbers whatever
 else shares the batch, on any device. The nucleus is found without a sort by a radix
 select over the probabilities' float bits, summing integer (fixed-point) masses, so
 the cut is exact and its sums do not depend on summation order (atomics on a GPU).

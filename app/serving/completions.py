@@ -191,7 +191,18 @@ def _check_suffix(
             field="suffix",
         )
     conflicts = [name for name, default in SUFFIX_CONFLICTS.items() if getattr(request, name) != default]
-    sampling = ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty", "seed", "stop")
+    sampling = (
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+        "min_tokens",
+        "seed",
+        "stop",
+    )
     conflicts += [name for name in sampling if name in request.model_fields_set]
     if len(prompts) > 1:
         conflicts.append("prompt (a list)")
@@ -245,46 +256,46 @@ class PromptOutcome:
 async def complete(prepared: PreparedCompletion) -> CompletionResponse:
     if prepared.request.suffix is not None:
         return await _complete_suffix(prepared)
+    engine = prepared.served.engine
     ids = [prompt.ids for prompt in prepared.prompts]
     groups = prefix_groups(ids) if prepared.settings.share_prefixes else [([], [i]) for i in range(len(ids))]
-    outcomes: dict[int, PromptOutcome] = {}
-    for found in await asyncio.gather(*(_run_group(prepared, prefix, members) for prefix, members in groups)):
-        outcomes.update(found)
-    choices: list[CompletionChoice] = []
-    generated = 0
-    for index, prompt in enumerate(prepared.prompts):
-        outcome = outcomes[index]
-        generated += sum(len(choice.result.token_ids) for choice in outcome.choices)
-        for rank, choice in enumerate(_best(outcome.choices, prepared.request.n)):
-            choices.append(_choice(prepared, index * prepared.request.n + rank, prompt, outcome, choice))
-    return _response(prepared, choices, prepared.usage(generated))
-
-
-async def _run_group(prepared: PreparedCompletion, prefix: list[int], members: list[int]) -> dict[int, PromptOutcome]:
-    """Feed the group's shared prefix once (if any), then each member's rest and its choices from there."""
-    engine = prepared.served.engine
-    start, head = engine.fresh(), FeedResult([], engine.fresh())
-    if prefix:
-        head = await engine.feed(start, prefix, prepared.prompt_logprobs, prepared.top)
-        start = head.end
+    # Shared prefixes first (queued feeds), then every generation admitted at once: all or none.
+    heads = await asyncio.gather(
+        *(engine.feed(engine.fresh(), prefix, prepared.prompt_logprobs, prepared.top) for prefix, _ in groups if prefix)
+    )
+    starts: dict[int, tuple[int, FeedResult]] = {}
+    shared = iter(heads)
+    for prefix, members in groups:
+        head = next(shared) if prefix else FeedResult([], engine.fresh())
+        starts.update((index, (len(prefix), head)) for index in members)
     generations: list[Generation] = []
     try:
-        for index in members:
-            rest = prepared.prompts[index].ids[len(prefix) :]
-            plan = prepared.plans[index]
+        for index, prompt in enumerate(prepared.prompts):
+            length, head = starts[index]
             generations.append(
-                engine.generate(start, plan, rest, prepared.prompt_logprobs, prepared.sampled, prepared.top)
+                engine.generate(
+                    head.end,
+                    prepared.plans[index],
+                    prompt.ids[length:],
+                    prepared.prompt_logprobs,
+                    prepared.sampled,
+                    prepared.top,
+                )
             )
-    except BaseException:
-        for admitted in generations:
-            admitted.cancel()
-        raise
-    found = await asyncio.gather(*(collect(generation) for generation in generations))
-    outcomes = {}
-    for index, choices in zip(members, found, strict=True):
-        result = choices[0].result
-        outcomes[index] = PromptOutcome(choices, head.logprobs + result.fed_logprobs, [*head.top, *result.fed_top])
-    return outcomes
+        found = await asyncio.gather(*(collect(generation) for generation in generations))
+    finally:
+        for generation in generations:  # a refusal, or a client gone: nothing keeps running
+            generation.cancel()
+    choices: list[CompletionChoice] = []
+    generated = 0
+    for index, (prompt, prompt_choices) in enumerate(zip(prepared.prompts, found, strict=True)):
+        head = starts[index][1]
+        result = prompt_choices[0].result
+        outcome = PromptOutcome(prompt_choices, head.logprobs + result.fed_logprobs, [*head.top, *result.fed_top])
+        generated += sum(len(choice.result.token_ids) for choice in prompt_choices)
+        for rank, choice in enumerate(_best(prompt_choices, prepared.request.n)):
+            choices.append(_choice(prepared, index * prepared.request.n + rank, prompt, outcome, choice))
+    return _response(prepared, choices, prepared.usage(generated))
 
 
 def prefix_groups(prompts: list[list[int]]) -> list[tuple[list[int], list[int]]]:

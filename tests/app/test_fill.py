@@ -331,3 +331,34 @@ async def test_both_directions_find_the_true_word_more_often_than_forward_alone(
     print(f"top-10 hits of {len(blanks)} blanks: {hits}; training {trained:.0f} s, total {elapsed:.0f} s")
     # Measured here: 136 forward-only vs 166 with both directions, of 300; ask for a clear 8% gain.
     assert hits["fast"] > hits["forward-only"] * 1.08
+
+
+@pytest.mark.parametrize(
+    ("model", "prompt", "suffix"), [("word", "the cat sat ", " the mat"), ("char", "the c", "t sat")]
+)
+async def test_a_completion_suffix_is_filled_with_the_backward_partner(
+    client: httpx.AsyncClient, model: str, prompt: str, suffix: str
+) -> None:
+    """OpenAI's `suffix`: the middle between prompt and suffix, as /v1/fill ranks it."""
+    expected = await fill(
+        client, model=model, text=f"{prompt}___{suffix}", top_k=2, **({"max_chars": 4} if model == "char" else {})
+    )
+    body = {"model": model, "prompt": prompt, "suffix": suffix, "n": 2, "max_tokens": 4}
+    response = await client.post("/v1/completions", json=body)
+    assert response.status_code == 200, response.text
+    choices = response.json()["choices"]
+    assert [c["text"] for c in choices] == [c["text"] for c in expected["candidates"]]
+    assert [c["index"] for c in choices] == [0, 1] and all(c["finish_reason"] == "stop" for c in choices)
+
+
+@pytest.mark.parametrize(
+    "extra", [{"temperature": 0.5}, {"stream": True}, {"logprobs": 1}, {"repetition_penalty": 1.2}]
+)
+async def test_a_suffix_with_what_a_fill_cannot_honour_is_refused_naming_it(
+    client: httpx.AsyncClient, extra: dict
+) -> None:
+    body = {"model": "word", "prompt": "the cat sat ", "suffix": " the mat", **extra}
+    response = await client.post("/v1/completions", json=body)
+    assert response.status_code == 422, response.text
+    (name,) = extra
+    assert name in response.json()["error"]["message"] and "suffix" in response.json()["error"]["message"]

@@ -15,8 +15,8 @@ from tests.app.sse import parse_sse
 LONG = {"max_tokens": 1000, "seed": 1, "stop_at_eos": False}
 
 
-async def wait_for_active(client: httpx.AsyncClient, count: int) -> None:
-    for _ in range(500):
+async def wait_for_active(client: httpx.AsyncClient, count: int, polls: int = 500) -> None:
+    for _ in range(polls):
         if f'rnnlm_active_sequences{{model="char"}} {count}.0' in (await client.get("/metrics")).text:
             return
         await asyncio.sleep(0.01)
@@ -135,3 +135,20 @@ async def test_a_seeded_request_gives_the_same_text_alone_and_amid_30_others(
     answers = await asyncio.gather(*traffic)
     assert all(answer.status_code == 200 for answer in answers), [a.text for a in answers if a.status_code != 200]
     assert amid == alone and alone
+
+
+async def test_a_completion_refused_for_room_leaves_nothing_running(make_client: ClientFactory) -> None:
+    """Its prompts are admitted all or none: two fit beside a running generation, the third does not."""
+    async with make_client(max_active_sequences=3) as client:
+        holder = asyncio.create_task(client.post("/v1/generate", json=LONG))
+        try:
+            await wait_for_active(client, 1)
+            body = {"prompt": ["a", "b", "c"], "max_tokens": 1000, "seed": 1}
+            response = await client.post("/v1/completions", json=body)
+            assert response.status_code == 429, response.text
+            assert response.headers["retry-after"] == "1"
+            # the two admitted before the refusal leave at the next tick, long before 1000 tokens are out
+            await wait_for_active(client, 1, polls=30)
+        finally:
+            holder.cancel()
+            await asyncio.gather(holder, return_exceptions=True)
