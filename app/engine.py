@@ -621,8 +621,8 @@ class Engine:
             banned[early, [rows[i].settings.eos_id for i in early]] = True
         inputs = SamplerInputs(
             params=[row.settings.sampling for row in rows],
-            seeds=torch.tensor([row.seed for row in rows], device=device),
-            steps=torch.tensor([len(row.generated) for row in rows], device=device),
+            seeds=[row.seed for row in rows],
+            steps=[len(row.generated) for row in rows],
             seen=pool.seen[index] if history and pool.seen is not None else None,
             counts=pool.counts[index] if history and pool.counts is not None else None,
             banned=banned,

@@ -157,7 +157,7 @@ def generate_ids(
     token = torch.tensor(pending, device=device)
     for step in range(max_tokens):
         logits, state = advance(model, token, state)
-        inputs = SamplerInputs([params], torch.tensor([seed]), torch.tensor([step]), seen, counts)
+        inputs = SamplerInputs([params], [seed], [step], seen, counts)
         token = sample(logits, inputs)
         out.append(int(token[0]))
         seen[0, token] = True

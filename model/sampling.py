@@ -15,8 +15,8 @@ vocabulary. Per row, in this order:
    filtered distribution); after a few rejections, or when top-k and top-p are combined,
    the draw is from the exact filtered mass (`_kept`).
 
-Each draw's uniform number is a counter-based stream: a hash of (seed, step, attempt),
-where step counts the row's own sampled tokens. A seeded row therefore draws the same numbers whatever
+Each draw's uniform number is a counter-based stream: a hash (SplitMix64) of (seed,
+step, attempt), where step counts the row's own sampled tokens. A seeded row therefore draws the same numbers whatever
 else shares the batch, on any device. The nucleus is found without a sort by a radix
 select over the probabilities' float bits, summing integer (fixed-point) masses, so
 the cut is exact and its sums do not depend on summation order (atomics on a GPU).
@@ -34,7 +34,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-MASK32 = 0xFFFFFFFF
+MASK64 = 0xFFFFFFFFFFFFFFFF
+REJECTION_ATTEMPTS = 3  # draws from the whole distribution before the exact filtered one
 FIXED_POINT = 2.0**40  # probabilities as integers for the nucleus search: exact, order-free sums
 
 
@@ -85,8 +86,8 @@ class SamplerInputs:
     """
 
     params: list[SamplingParams]
-    seeds: Tensor  # (B,) int64
-    steps: Tensor  # (B,) int64
+    seeds: list[int]
+    steps: list[int]
     seen: Tensor | None = None
     counts: Tensor | None = None
     banned: Tensor | None = None
@@ -182,43 +183,64 @@ def nucleus(probs: Tensor, top_p: Tensor) -> Tensor:
     return bits >= prefix.unsqueeze(1)
 
 
-def _mix32(x: Tensor) -> Tensor:
-    """murmur3's 32-bit finaliser on int64 tensors holding 32-bit values (no signed overflow)."""
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x85EBCA6B)
-    x = x ^ (x >> 13)
-    x = _mul32(x, 0xC2B2AE35)
-    return x ^ (x >> 16)
+def _splitmix64(x: int) -> int:
+    """SplitMix64's finaliser (Steele et al. 2014): a well-mixed 64-bit hash of a 64-bit counter."""
+    x = (x + 0x9E3779B97F4A7C15) & MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
+    return x ^ (x >> 31)
 
 
-def _mul32(x: Tensor, constant: int) -> Tensor:
-    """(x * constant) mod 2**32, in two 16-bit halves so no product leaves int64."""
-    low = x * (constant & 0xFFFF)
-    high = ((x * (constant >> 16)) & 0xFFFF) << 16
-    return (low + high) & MASK32
+def uniforms(seeds: list[int], steps: list[int], attempt: int = 0, device: torch.device | None = None) -> Tensor:
+    """One uniform number in [0, 1) per row from (seed, step, attempt): a counter-based stream, float64.
+
+    Computed on the host (a few integer operations a row, no kernel launches) and sent as one tensor.
+    """
+    values = [
+        (_splitmix64(_splitmix64(seed) ^ (step * (REJECTION_ATTEMPTS + 1) + attempt)) >> 11) * 2.0**-53
+        for seed, step in zip(seeds, steps, strict=True)
+    ]
+    return torch.tensor(values, dtype=torch.float64, device=device)
 
 
-def uniforms(seeds: Tensor, steps: Tensor, attempt: int = 0) -> Tensor:
-    """One uniform number in [0, 1) per row from (seed, step, attempt): a counter-based stream, float64."""
-    seeds, steps = seeds.long(), steps.long()
-    word = _mix32((steps & MASK32) ^ 0x243F6A88)
-    word = _mix32(word ^ (seeds & MASK32))
-    word = _mix32(word ^ ((seeds >> 32) & MASK32))
-    word = _mix32(word ^ (0x85A308D3 + attempt))
-    second = _mix32(word ^ 0x13198A2E)
-    return ((word >> 5).double() * 2.0**26 + (second >> 6).double()) / 2.0**53
+CDF_BLOCK = 128  # tokens per block of the two-level inverse CDF, about
 
 
-def _inverse_cdf(probs: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-    """(R,) the token where each row's cumulative mass (in vocabulary order) passes u times its total; the totals."""
-    cumulative = probs.double().cumsum(dim=-1)  # (R, V)
-    index = torch.searchsorted(cumulative, (u.to(probs.device) * cumulative[:, -1]).unsqueeze(1), right=True)
-    index = index.squeeze(1).clamp(max=probs.shape[1] - 1)
+def _block_size(vocab: int) -> int:
+    """A block size near CDF_BLOCK that divides the vocabulary (no padded copy), else CDF_BLOCK."""
+    for distance in range(CDF_BLOCK // 2):
+        for size in (CDF_BLOCK - distance, CDF_BLOCK + distance):
+            if vocab % size == 0:
+                return size
+    return CDF_BLOCK
+
+
+def inverse_cdf(probs: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """(R,) the token where each row's cumulative mass (in vocabulary order) passes u times its total; the totals.
+
+    Two levels instead of one running sum over the vocabulary: the block of CDF_BLOCK
+    tokens where the mass passes the target (block sums are one vectorised reduction),
+    then the token inside that block.
+    """
+    rows, vocab = probs.shape
+    size = _block_size(vocab)
+    blocks = -(-vocab // size)
+    padded = probs if blocks * size == vocab else torch.nn.functional.pad(probs, (0, blocks * size - vocab))
+    padded = padded.reshape(rows, blocks, size)
+    block_mass = padded.sum(dim=2).double()  # (R, blocks)
+    before_block = block_mass.cumsum(dim=1)  # mass up to the end of each block
+    total = before_block[:, -1]
+    target = u * total  # (R,)
+    block = torch.searchsorted(before_block, target.unsqueeze(1), right=True).squeeze(1).clamp(max=blocks - 1)  # (R,)
+    start = torch.where(block > 0, before_block.gather(1, (block - 1).clamp(min=0).unsqueeze(1)).squeeze(1), 0.0)
+    inside = padded[torch.arange(rows, device=probs.device), block].double().cumsum(dim=1)  # (R, size)
+    offset = torch.searchsorted(inside, (target - start).unsqueeze(1), right=True).squeeze(1).clamp(max=size - 1)
+    index = (block * size + offset).clamp(max=vocab - 1)
     landed = probs.gather(1, index.unsqueeze(1)).squeeze(1)
-    if bool((landed == 0).any()):  # u * total rounded up to the total: take the last token with any mass
-        last = probs.shape[1] - 1 - (probs > 0).flip(1).int().argmax(dim=1)
+    if bool((landed == 0).any()):  # rounding carried the target past a row's last token with mass
+        last = vocab - 1 - (probs > 0).flip(1).int().argmax(dim=1)
         index = torch.where(landed == 0, last, index)
-    return index, cumulative[:, -1]
+    return index, total
 
 
 def _in_filters(probs: Tensor, index: Tensor, total: Tensor, params: list[SamplingParams]) -> Tensor:
@@ -230,7 +252,9 @@ def _in_filters(probs: Tensor, index: Tensor, total: Tensor, params: list[Sampli
     accept = torch.ones(index.shape, dtype=torch.bool, device=probs.device)
     if any(p.top_p < 1.0 for p in params):
         # In the nucleus iff the mass of the strictly more likely tokens is still short of top_p.
-        more_likely = (probs * (probs > chosen)).sum(dim=1).double()
+        # Σ p over p > c, as Σ (p - c)+ + c · #(p > c): two cheap passes, no mask multiplied in.
+        above = probs > chosen
+        more_likely = ((probs - chosen).clamp_(min=0).sum(dim=1) + chosen.squeeze(1) * above.sum(dim=1)).double()
         top_p = torch.tensor([p.top_p for p in params], dtype=torch.float64, device=probs.device)
         accept &= more_likely < top_p * total
     if any(p.top_k for p in params):
@@ -240,9 +264,6 @@ def _in_filters(probs: Tensor, index: Tensor, total: Tensor, params: list[Sampli
         min_p = _column([p.min_p for p in params], probs)
         accept &= (chosen >= min_p * probs.max(dim=1, keepdim=True).values).squeeze(1)
     return accept
-
-
-REJECTION_ATTEMPTS = 3
 
 
 def sample(logits: Tensor, inputs: SamplerInputs) -> Tensor:
@@ -273,8 +294,8 @@ def sample(logits: Tensor, inputs: SamplerInputs) -> Tensor:
         every = len(waiting) == len(params)  # the usual first draw: no rows to pick out
         rows = torch.tensor(waiting, device=logits.device)
         row_probs = probs if every else probs[rows]
-        seeds, steps = (inputs.seeds, inputs.steps) if every else (inputs.seeds[rows], inputs.steps[rows])
-        index, total = _inverse_cdf(row_probs, uniforms(seeds, steps, attempt))
+        seeds, steps = [inputs.seeds[row] for row in waiting], [inputs.steps[row] for row in waiting]
+        index, total = inverse_cdf(row_probs, uniforms(seeds, steps, attempt, logits.device))
         accept = _in_filters(row_probs, index, total, [params[row] for row in waiting])
         chosen[rows] = torch.where(accept, index, chosen[rows])
         waiting = [row for row, ok in zip(waiting, accept.tolist(), strict=True) if not ok]
@@ -283,7 +304,8 @@ def sample(logits: Tensor, inputs: SamplerInputs) -> Tensor:
         rows = torch.tensor(exact, device=logits.device)
         row_probs = probs[rows]
         row_probs = row_probs * _kept(row_probs, [params[row] for row in exact])
-        chosen[rows] = _inverse_cdf(row_probs, uniforms(inputs.seeds[rows], inputs.steps[rows], REJECTION_ATTEMPTS))[0]
+        seeds, steps = [inputs.seeds[row] for row in exact], [inputs.steps[row] for row in exact]
+        chosen[rows] = inverse_cdf(row_probs, uniforms(seeds, steps, REJECTION_ATTEMPTS, logits.device))[0]
     return chosen
 
 

@@ -64,7 +64,7 @@ def sampling_distribution(logits: torch.Tensor, params: SamplingParams, history:
     """One row's distribution after every setting, the history marking the seen tokens."""
     seen = torch.zeros(1, logits.numel(), dtype=torch.bool)
     seen[0, history] = True
-    inputs = SamplerInputs([params], torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), seen=seen)
+    inputs = SamplerInputs([params], [0], [0], seen=seen)
     return sampling_probs(logits.unsqueeze(0), inputs)[0]
 
 
@@ -85,9 +85,9 @@ def test_seed_reproduces_whatever_shares_the_batch() -> None:
     torch.manual_seed(1)
     logits = torch.randn(5, 50)
     params = [SamplingParams(temperature=1.0, top_k=20)] * 5
-    steps = torch.zeros(5, dtype=torch.long)
-    alone = sample(logits[2:3], SamplerInputs(params[:1], torch.tensor([42]), steps[:1]))
-    batch = sample(logits, SamplerInputs(params, torch.tensor([7, 8, 42, 9, 10]), steps))
+    steps = [0] * 5
+    alone = sample(logits[2:3], SamplerInputs(params[:1], [42], steps[:1]))
+    batch = sample(logits, SamplerInputs(params, [7, 8, 42, 9, 10], steps))
     assert alone[0] == batch[2]
 
 

@@ -5,13 +5,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.sampling import SamplerInputs, SamplingParams, nucleus, process_logits, sample, sampling_probs, uniforms
+from model.sampling import (
+    SamplerInputs,
+    SamplingParams,
+    inverse_cdf,
+    nucleus,
+    process_logits,
+    sample,
+    sampling_probs,
+    uniforms,
+)
 
 
 def inputs(params: list[SamplingParams], seeds: list[int] | None = None, **extra: torch.Tensor) -> SamplerInputs:
     count = len(params)
-    seed_tensor = torch.tensor(seeds if seeds is not None else list(range(count)))
-    return SamplerInputs(params, seed_tensor, torch.zeros(count, dtype=torch.long), **extra)
+    return SamplerInputs(params, seeds if seeds is not None else list(range(count)), [0] * count, **extra)
 
 
 def test_the_nucleus_is_the_sorted_definition_without_sorting() -> None:
@@ -65,8 +73,8 @@ def test_a_rows_draws_depend_on_its_seed_and_step_only() -> None:
 
 
 def test_uniforms_are_a_deterministic_stream_in_the_unit_interval() -> None:
-    seeds = torch.tensor([0, 1, 2**62 + 5] * 1000)
-    steps = torch.arange(3000)
+    seeds = [0, 1, 2**63 - 1] * 1000
+    steps = list(range(3000))
     u = uniforms(seeds, steps)
     assert torch.equal(u, uniforms(seeds, steps))
     assert float(u.min()) >= 0 and float(u.max()) < 1
@@ -96,3 +104,16 @@ def test_a_large_logit_bias_forces_its_token_and_greedy_is_argmax() -> None:
     assert forced.tolist() == [17, 17, 17]
     greedy = sample(logits, inputs([SamplingParams(temperature=0)] * 3))
     assert greedy.tolist() == logits.argmax(-1).tolist()
+
+
+@pytest.mark.parametrize("vocab", [7, 128, 300, 10_000])
+def test_the_two_level_inverse_cdf_picks_what_one_running_sum_picks(vocab: int) -> None:
+    generator = torch.Generator().manual_seed(vocab)
+    probs = torch.softmax(torch.randn(40, vocab, generator=generator) * 3, dim=-1)
+    probs[:, ::3] = 0.0  # filtered-out tokens are never landed on
+    u = torch.rand(40, generator=generator, dtype=torch.float64)
+    index, total = inverse_cdf(probs, u)
+    cumulative = probs.double().cumsum(dim=1)
+    expected = torch.searchsorted(cumulative, (u * cumulative[:, -1]).unsqueeze(1), right=True).squeeze(1)
+    assert torch.equal(index, expected) and bool((probs.gather(1, index.unsqueeze(1)) > 0).all())
+    assert torch.allclose(total, cumulative[:, -1])
