@@ -28,7 +28,6 @@ class ServedModel:
     id: str
     checkpoint: Checkpoint
     engine: Engine
-    beam_searches: int = 0  # beam searches running off the loop (event-loop side only)
 
     @property
     def level(self) -> str:

@@ -227,34 +227,20 @@ def dry_run_corpus(out: Path) -> Path:
 
 def run_serving(report: Report, args: argparse.Namespace, env: dict[str, str]) -> None:
     """bench/serve_generate.py and bench/serve_score.py on the device, figures read from their --json."""
-    generate_help = subprocess.run(
-        [sys.executable, "bench/serve_generate.py", "--help"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
-    if "--json" not in generate_help or "--device" not in generate_help:
-        report.step(
-            "3. serving: generate",
-            skipped="bench/serve_generate.py has no --device/--json yet (the serving rewrite adds them)",
-        )
-    else:
-        clients = "1,2" if args.dry_run else "1,64,256"
-        tokens = "4" if args.dry_run else "64"
-        result = args.out / "serve_generate.json"
+    clients = "1,2" if args.dry_run else "1,64,256"
+    tokens = "4" if args.dry_run else "64"
+    for hidden in (650,) if args.dry_run else (650, 1500):  # the issue's 2x650 and 2x1500 LSTMs, 10k words
+        name = f"3. serving: generate, 2x{hidden} LSTM"
+        result = args.out / f"serve_generate_{hidden}.json"
         command = [sys.executable, "bench/serve_generate.py", "--device", args.device, "--clients", clients]
-        command += ["--tokens", tokens, "--json", str(result)]
-        log(report, f"serving benchmark: generate, clients {clients}")
-        rc, timed_out = finish(
-            start(command, args.out / "serve_generate.log", env),
-            time.monotonic() + min(args.serve_seconds, report.left()),
-        )
+        command += ["--hidden", str(hidden), "--tokens", tokens, "--json", str(result)]
+        log(report, f"serving benchmark: generate, 2x{hidden}, clients {clients}")
+        log_path = args.out / f"serve_generate_{hidden}.log"
+        rc, timed_out = finish(start(command, log_path, env), time.monotonic() + min(args.serve_seconds, report.left()))
         rows = json.loads(result.read_text()) if result.is_file() else None
-        report.step("3. serving: generate", command=" ".join(command[1:]), rc=rc, timed_out=timed_out, rows=rows)
+        report.step(name, command=" ".join(command[1:]), rc=rc, timed_out=timed_out, rows=rows)
         if rows is None:
-            report.step("3. serving: generate", log_tail=tail(args.out / "serve_generate.log"))
+            report.step(name, log_tail=tail(log_path))
     sentences = ["--sentences", "16", "--batch", "8", "--concurrency", "2"] if args.dry_run else []
     result = args.out / "serve_score.json"
     command = [sys.executable, "bench/serve_score.py", "--device", args.device, "--json", str(result), *sentences]
