@@ -12,7 +12,9 @@ import pytest
 from tests.app.conftest import ClientFactory
 from tests.app.sse import parse_sse
 
-LONG = {"max_tokens": 1000, "seed": 1, "stop_at_eos": False}
+# A generation that holds its slot for as long as a test needs (it is cancelled at the end).
+HOLDER_LIMIT = 10_000_000
+LONG = {"max_tokens": HOLDER_LIMIT, "seed": 1, "stop_at_eos": False}
 
 
 async def wait_for_active(client: httpx.AsyncClient, count: int, polls: int = 500) -> None:
@@ -33,7 +35,7 @@ def requests_counted(metrics: str, route: str, status: int) -> float:
 async def test_every_generating_route_answers_429_with_retry_after_when_full(
     make_client: ClientFactory, stream: bool
 ) -> None:
-    async with make_client(max_active_sequences=1) as client:
+    async with make_client(max_active_sequences=1, max_tokens_limit=HOLDER_LIMIT) as client:
         session = (await client.post("/v1/sessions", json={"prompt": "the "})).json()["id"]
         calls: list[tuple[str, str, dict[str, Any]]] = [
             ("/v1/generate", "/v1/generate", {"max_tokens": 3, "stream": stream}),
@@ -139,7 +141,7 @@ async def test_a_seeded_request_gives_the_same_text_alone_and_amid_30_others(
 
 async def test_a_completion_refused_for_room_leaves_nothing_running(make_client: ClientFactory) -> None:
     """Its prompts are admitted all or none: two fit beside a running generation, the third does not."""
-    async with make_client(max_active_sequences=3) as client:
+    async with make_client(max_active_sequences=3, max_tokens_limit=HOLDER_LIMIT) as client:
         holder = asyncio.create_task(client.post("/v1/generate", json=LONG))
         try:
             await wait_for_active(client, 1)
