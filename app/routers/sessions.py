@@ -60,7 +60,10 @@ async def generate(
     prepared = await sessions.start_generation(session_id, body, owner=caller)  # 404/409/429 before a stream opens
     if body.stream:
         return event_source(prepared.generation, sessions.stream(prepared))
-    return await unless_client_leaves(request, sessions.generate(prepared))
+    try:
+        return await unless_client_leaves(request, sessions.generate(prepared))
+    finally:
+        prepared.generation.cancel()  # a no-op once finished; covers a client gone before it was awaited
 
 
 @router.get("/{session_id}/next-token")
