@@ -19,6 +19,7 @@ the model's backward partner (/v1/fill).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import time
@@ -134,8 +135,8 @@ def _raw_prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[
 def _prompt(settings: Settings, tokenizer: Tokenizer, raw: str | list[int], index: int) -> Prompt:
     if isinstance(raw, str):
         check_text(settings, raw, f"prompt[{index}]")
-        ids = tokenizer.encode(raw).ids
-        text, offsets = raw, _offsets_in(tokenizer, raw)
+        encoding = tokenizer.encode(raw)
+        ids, text, offsets = encoding.ids, raw, _offsets_in(raw, encoding.tokens)
     else:
         bad = [token for token in raw if not 0 <= token < tokenizer.vocab_size]
         if bad:
@@ -147,7 +148,7 @@ def _prompt(settings: Settings, tokenizer: Tokenizer, raw: str | list[int], inde
         ids = list(raw)
         pieces = _pieces(tokenizer, ids, None)
         text = "".join(pieces)
-        offsets = [sum(len(p) for p in pieces[:i]) for i in range(len(pieces))]
+        offsets = [0, *itertools.accumulate(len(piece) for piece in pieces[:-1])] if pieces else []
     if ids and ids[0] == tokenizer.boundary_id:
         return Prompt(text, ids[1:], True, offsets)
     return Prompt(text, ids, False, offsets)
@@ -162,10 +163,10 @@ def _pieces(tokenizer: Tokenizer, ids: list[int], previous: int | None) -> list[
     return pieces
 
 
-def _offsets_in(tokenizer: Tokenizer, text: str) -> list[int]:
+def _offsets_in(text: str, surfaces: list[str]) -> list[int]:
     """Where each token starts in the text as sent (found left to right; normalised text may differ)."""
     offsets, position = [], 0
-    for surface in tokenizer.encode(text).tokens:
+    for surface in surfaces:
         found = text.find("\n" if surface == "<eos>" else surface, position)
         if found < 0:  # NFC or lower-casing changed the surface form: keep the running position
             found = position
