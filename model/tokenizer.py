@@ -1,8 +1,10 @@
-"""Character- and word-level tokenizers, serialised to a JSON dict inside the checkpoint.
+"""The tokenizer interface, and the character- and word-level tokenizers.
 
-Both map unknown input to `<unk>` and report it rather than failing. Both know a
-*boundary* token: the token that ends a line (`<eos>` for words, `"\\n"` for
-characters). A fresh state is primed with it, so the first token of a text is
+Every tokenizer is serialised to a JSON dict inside the checkpoint. Char and word
+map unknown input to `<unk>` and report it rather than failing; the subword level
+(model/subword.py) has no unknown input at all. Every level knows a *boundary*
+token: the token that ends a line (`<eos>` for words, `"\\n"` for characters and
+subwords). A fresh state is primed with it, so the first token of a text is
 conditioned on "start of line", as during training (KenLM's `<s>`).
 """
 
@@ -14,11 +16,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from model.pretokenize import PRETOKENIZERS, Pretokenizer, join_word, split_line
+
 UNK = "<unk>"
 EOS = "<eos>"
 TOKENIZER_FORMAT_VERSION = 1
 
-TokenizerKind = Literal["char", "word"]
+TokenizerKind = Literal["char", "word", "subword"]
 
 
 class TokenizerError(ValueError):
@@ -40,18 +44,11 @@ def normalize(text: str) -> str:
 
 
 class Tokenizer:
-    """Shared vocabulary bookkeeping for both kinds."""
+    """What every level offers the model, the trainer and the service."""
 
     kind: TokenizerKind
-
-    def __init__(self, tokens: list[str]) -> None:
-        if len(set(tokens)) != len(tokens):
-            raise TokenizerError("vocabulary has duplicate tokens")
-        if UNK not in tokens:
-            raise TokenizerError(f"vocabulary lacks {UNK}")
-        self.tokens = tokens
-        self.index = {token: i for i, token in enumerate(tokens)}
-        self.unk_id = self.index[UNK]
+    tokens: list[str]  # how each id is shown (its text, or a readable stand-in)
+    unk_id: int | None  # the token unknown input becomes; None where no input is unknown
 
     @property
     def vocab_size(self) -> int:
@@ -61,6 +58,46 @@ class Tokenizer:
     def boundary_id(self) -> int:
         """The end-of-line token, also used to prime a fresh state."""
         raise NotImplementedError
+
+    def encode(self, text: str) -> Encoding:
+        raise NotImplementedError
+
+    def piece(self, token_id: int, previous_id: int | None) -> str:
+        """Text that `token_id` adds after `previous_id` (None at the start of a text)."""
+        raise NotImplementedError
+
+    def piece_bytes(self, token_id: int, previous_id: int | None) -> bytes:
+        """UTF-8 bytes that `token_id` adds after `previous_id`; may be part of a character."""
+        return self.piece(token_id, previous_id).encode("utf-8")
+
+    def decode(self, ids: Iterable[int], previous_id: int | None = None) -> str:
+        pieces = []
+        for token_id in ids:
+            pieces.append(self.piece(token_id, previous_id))
+            previous_id = token_id
+        return "".join(pieces)
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def check_id(self, token_id: int) -> None:
+        if not 0 <= token_id < self.vocab_size:
+            raise TokenizerError(f"token id {token_id} is outside the vocabulary (0..{self.vocab_size - 1})")
+
+
+class VocabularyTokenizer(Tokenizer):
+    """A list of surface tokens, one id each, with `<unk>` for the rest (char and word)."""
+
+    unk_id: int
+
+    def __init__(self, tokens: list[str]) -> None:
+        if len(set(tokens)) != len(tokens):
+            raise TokenizerError("vocabulary has duplicate tokens")
+        if UNK not in tokens:
+            raise TokenizerError(f"vocabulary lacks {UNK}")
+        self.tokens = tokens
+        self.index = {token: i for i, token in enumerate(tokens)}
+        self.unk_id = self.index[UNK]
 
     def split(self, text: str) -> list[str]:
         """Surface tokens of `text` (after normalisation)."""
@@ -72,26 +109,11 @@ class Tokenizer:
         unknown = [i == self.unk_id for i in ids]
         return Encoding(ids=ids, tokens=tokens, unknown=unknown)
 
-    def piece(self, token_id: int, previous_id: int | None) -> str:
-        """Text that `token_id` adds after `previous_id` (None at the start of a text)."""
-        raise NotImplementedError
-
-    def decode(self, ids: Iterable[int], previous_id: int | None = None) -> str:
-        pieces = []
-        for token_id in ids:
-            pieces.append(self.piece(token_id, previous_id))
-            previous_id = token_id
-        return "".join(pieces)
-
     def to_dict(self) -> dict[str, Any]:
         return {"format_version": TOKENIZER_FORMAT_VERSION, "kind": self.kind, "tokens": self.tokens}
 
-    def check_id(self, token_id: int) -> None:
-        if not 0 <= token_id < self.vocab_size:
-            raise TokenizerError(f"token id {token_id} is outside the vocabulary (0..{self.vocab_size - 1})")
 
-
-class CharTokenizer(Tokenizer):
+class CharTokenizer(VocabularyTokenizer):
     """Unicode code points after NFC normalisation; `<unk>` for unseen characters."""
 
     kind: TokenizerKind = "char"
@@ -113,23 +135,34 @@ class CharTokenizer(Tokenizer):
         return "\ufffd" if token_id == self.unk_id else self.tokens[token_id]
 
 
-class WordTokenizer(Tokenizer):
-    """Whitespace tokens; each line break is `<eos>` (the PTB/WikiText convention)."""
+class WordTokenizer(VocabularyTokenizer):
+    """Words of each line (model/pretokenize.py says how a line is cut); a line break is `<eos>`."""
 
     kind: TokenizerKind = "word"
 
-    def __init__(self, tokens: list[str], lowercase: bool = False) -> None:
+    def __init__(self, tokens: list[str], lowercase: bool = False, pretokenizer: Pretokenizer = "whitespace") -> None:
         super().__init__(tokens)
         if EOS not in self.index:
             raise TokenizerError(f"vocabulary lacks {EOS}")
+        if pretokenizer not in PRETOKENIZERS:
+            raise TokenizerError(f"unknown pretokenizer {pretokenizer!r} (expected one of {', '.join(PRETOKENIZERS)})")
         self.eos_id = self.index[EOS]
         self.lowercase = lowercase
+        self.pretokenizer: Pretokenizer = pretokenizer
 
     @classmethod
-    def build(cls, text: str, max_size: int | None = None, min_freq: int = 1, lowercase: bool = False) -> WordTokenizer:
-        probe = cls([UNK, EOS], lowercase=lowercase)
+    def build(
+        cls,
+        text: str,
+        max_size: int | None = None,
+        min_freq: int = 1,
+        lowercase: bool = False,
+        pretokenizer: Pretokenizer = "whitespace",
+    ) -> WordTokenizer:
+        probe = cls([UNK, EOS], lowercase=lowercase, pretokenizer=pretokenizer)
         counts = Counter(token for token in probe.split(text) if token not in (UNK, EOS))
-        return cls([UNK, EOS, *_select_vocabulary(counts, max_size, min_freq, reserved=2)], lowercase)
+        vocabulary = [UNK, EOS, *_select_vocabulary(counts, max_size, min_freq, reserved=2)]
+        return cls(vocabulary, lowercase, pretokenizer)
 
     @property
     def boundary_id(self) -> int:
@@ -142,7 +175,7 @@ class WordTokenizer(Tokenizer):
         tokens: list[str] = []
         lines = text.split("\n")
         for number, line in enumerate(lines):
-            tokens.extend(line.split())
+            tokens.extend(split_line(line, self.pretokenizer))
             if number < len(lines) - 1:  # a line break, not the text's unfinished last line
                 tokens.append(EOS)
         return tokens
@@ -151,12 +184,17 @@ class WordTokenizer(Tokenizer):
         self.check_id(token_id)
         if token_id == self.eos_id:
             return "\n"
-        word = self.tokens[token_id]
         at_line_start = previous_id is None or previous_id == self.eos_id
-        return word if at_line_start else " " + word
+        if token_id == self.unk_id and self.pretokenizer == "punctuation":
+            # Which spacing the unknown word had is lost with it: one space, as between words.
+            return UNK if at_line_start else " " + UNK
+        return join_word(self.tokens[token_id], at_line_start, self.pretokenizer)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "lowercase": self.lowercase}
+        data = {**super().to_dict(), "lowercase": self.lowercase}
+        if self.pretokenizer != "whitespace":  # a whitespace tokenizer writes what it always wrote
+            data["pretokenizer"] = self.pretokenizer
+        return data
 
 
 def _select_vocabulary(counts: Counter[str], max_size: int | None, min_freq: int, reserved: int) -> list[str]:
@@ -176,12 +214,19 @@ def tokenizer_from_dict(data: dict[str, Any]) -> Tokenizer:
     version = data.get("format_version")
     if version != TOKENIZER_FORMAT_VERSION:
         raise TokenizerError(f"unsupported tokenizer format_version {version!r} (expected {TOKENIZER_FORMAT_VERSION})")
+    kind = data.get("kind")
+    if kind == "subword":
+        from model.subword import SubwordTokenizer  # imported here: model.subword builds on this module
+
+        return SubwordTokenizer.from_dict(data)
     tokens = data.get("tokens")
     if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
         raise TokenizerError("'tokens' must be a list of strings")
-    kind = data.get("kind")
     if kind == "char":
         return CharTokenizer(tokens)
     if kind == "word":
-        return WordTokenizer(tokens, lowercase=bool(data.get("lowercase", False)))
-    raise TokenizerError(f"unknown tokenizer kind {kind!r} (expected 'char' or 'word')")
+        pretokenizer = data.get("pretokenizer", "whitespace")  # absent in checkpoints written before it existed
+        if pretokenizer not in PRETOKENIZERS:
+            raise TokenizerError(f"unknown pretokenizer {pretokenizer!r} (expected one of {', '.join(PRETOKENIZERS)})")
+        return WordTokenizer(tokens, lowercase=bool(data.get("lowercase", False)), pretokenizer=pretokenizer)
+    raise TokenizerError(f"unknown tokenizer kind {kind!r} (expected 'char', 'word' or 'subword')")

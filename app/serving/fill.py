@@ -133,8 +133,8 @@ async def fill(models: ModelRegistry, settings: Settings, request: FillRequest) 
 
 
 def _excluded(tokenizer: Tokenizer) -> list[int]:
-    """Never a fill: the unknown token and the end of line (a gap is inside one line)."""
-    return sorted({tokenizer.unk_id, tokenizer.boundary_id})
+    """Never a fill: the unknown token (where the level has one) and the end of line (a gap is inside one line)."""
+    return sorted({tokenizer.boundary_id} | ({tokenizer.unk_id} if tokenizer.unk_id is not None else set()))
 
 
 def _candidate(

@@ -93,3 +93,40 @@ def test_files_are_readable_by_other_users(tmp_path: Path) -> None:
     make_checkpoint(tmp_path)
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_checkpoint_written_before_pretokenizers_loads_unchanged(tmp_path: Path) -> None:
+    from tests.factories import word_tokenizer
+
+    tokenizer = word_tokenizer()
+    model = tiny_model(tokenizer)
+    save_checkpoint(tmp_path, model, tokenizer)
+    # tokenizer.json exactly as the word level wrote it before `pretokenizer` existed.
+    old = {"format_version": 1, "kind": "word", "tokens": tokenizer.tokens, "lowercase": False}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(old))
+    loaded = load_checkpoint(tmp_path)
+    assert loaded.tokenizer.to_dict() == old
+    encoding = loaded.tokenizer.encode("the cat, sat\nthe dog")
+    assert encoding.tokens == ["the", "cat,", "sat", "<eos>", "the", "dog"]
+    assert encoding.unknown == [False, True, False, False, False, False]
+    assert loaded.tokenizer.decode(encoding.ids) == "the <unk> sat\nthe dog"
+    ids = torch.tensor([encoding.ids])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(ids)[0], model(ids)[0], rtol=0, atol=0)
+
+
+def test_subword_checkpoint_round_trip_keeps_the_library_json(tmp_path: Path) -> None:
+    from model.subword import SubwordTokenizer
+
+    tokenizer = SubwordTokenizer.train(["the cat sat on the mat\n", "다람쥐 헌 쳇바퀴에 타고파\n"] * 5, vocab_size=280)
+    model = tiny_model(tokenizer)
+    save_checkpoint(tmp_path, model, tokenizer)
+    stored = json.loads((tmp_path / "tokenizer.json").read_text())
+    assert stored["kind"] == "subword" and stored["tokenizer"]["model"]["type"] == "BPE"
+    assert json.loads((tmp_path / "config.json").read_text())["tokenizer"] == {"kind": "subword", "vocab_size": 280}
+    loaded = load_checkpoint(tmp_path)
+    text = "the 다람쥐 🐿️ sat\n"
+    assert loaded.tokenizer.encode(text).ids == tokenizer.encode(text).ids
+    ids = torch.tensor([tokenizer.encode(text).ids])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(ids)[0], model(ids)[0], rtol=0, atol=0)

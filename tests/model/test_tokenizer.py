@@ -71,3 +71,74 @@ def test_serialisation_round_trip() -> None:
 def test_bad_tokenizer_dicts_are_refused(data: dict[str, object]) -> None:
     with pytest.raises(TokenizerError):
         tokenizer_from_dict(data)
+
+
+# Raw text the punctuation pre-tokenizer must give back exactly (every token known).
+RAW = [
+    "Hello, world! It's 3:45 p.m. -- isn't it?",
+    '  two leading spaces, "quotes" and (brackets)  ',
+    "tabs\tand\t\truns   of spaces ",
+    "영화가 정말 재밌다!! ㅋㅋㅋ 10점 만점에 10점^^",
+    "Привет, мир… Café crème; naïve — über.",
+    "x = f(a, b) ** 2  # code: {k: v}\r",
+    "emoji 😀👍🏽 and $\\frac{1}{2}$",
+]
+
+
+def test_punctuation_pretokenizer_round_trips_raw_text() -> None:
+    text = "\n".join(RAW) + "\n\nlast line without a line end"
+    tokenizer = WordTokenizer.build(text, pretokenizer="punctuation")
+    encoding = tokenizer.encode(text)
+    assert not any(encoding.unknown)
+    assert tokenizer.decode(encoding.ids) == text
+    for line in RAW:
+        assert tokenizer.decode(tokenizer.encode(line).ids) == line
+
+
+def test_punctuation_pretokenizer_splits_symbols_and_keeps_spacing() -> None:
+    tokenizer = WordTokenizer.build("", pretokenizer="punctuation")
+    assert tokenizer.split("Hello, world!") == ["Hello", ",", " world", "!"]
+    assert tokenizer.split("재밌다!! 최고") == ["재밌다", "!", "!", " 최고"]
+    assert tokenizer.split("a  b\tc") == ["a", " ", " b", "\t", "c"]
+    assert tokenizer.split("naïve (e\u0301)") == ["naïve", " (", "é", ")"]
+    assert tokenizer.split("one\ntwo\n") == ["one", EOS, "two", EOS]
+
+
+def test_punctuation_halves_unknown_words_of_raw_text() -> None:
+    train = "The cat sat. The cat ran! A dog sat, and ran.\n" * 3
+    held_out = "The dog ran, the cat sat! A cat sat.\n"
+    rates = {}
+    for pretokenizer in ("whitespace", "punctuation"):
+        tokenizer = WordTokenizer.build(train, pretokenizer=pretokenizer)  # type: ignore[arg-type]
+        unknown = tokenizer.encode(held_out).unknown
+        rates[pretokenizer] = sum(unknown) / len(unknown)
+    assert rates["punctuation"] <= rates["whitespace"] / 2
+
+
+def test_punctuation_unknown_word_is_spaced_like_a_word() -> None:
+    tokenizer = WordTokenizer.build("the cat\n", pretokenizer="punctuation")
+    assert tokenizer.decode(tokenizer.encode("the zebra\nzebra cat").ids) == f"the {UNK}\n{UNK} cat"
+
+
+def test_pretokenizer_is_recorded_and_old_dicts_stay_whitespace() -> None:
+    punctuation = WordTokenizer.build("a, b\n", pretokenizer="punctuation")
+    again = tokenizer_from_dict(punctuation.to_dict())
+    assert isinstance(again, WordTokenizer) and again.pretokenizer == "punctuation"
+    assert again.encode("a, b").tokens == ["a", ",", " b"]
+    # A dict written before the pre-tokenizer existed: no key, whitespace words, same dict back.
+    old = {"format_version": 1, "kind": "word", "tokens": [UNK, EOS, "a,", "b"], "lowercase": False}
+    tokenizer = tokenizer_from_dict(old)
+    assert isinstance(tokenizer, WordTokenizer) and tokenizer.pretokenizer == "whitespace"
+    assert tokenizer.encode("a, b").tokens == ["a,", "b"]
+    assert tokenizer.decode(tokenizer.encode("a, b\nb").ids) == "a, b\nb"
+    assert tokenizer.to_dict() == old
+    with pytest.raises(TokenizerError, match="unknown pretokenizer"):
+        tokenizer_from_dict({**old, "pretokenizer": "moses"})
+
+
+def test_every_level_gives_the_bytes_of_its_pieces() -> None:
+    word = WordTokenizer.build("가 나\n")
+    ids = word.encode("가 나").ids
+    assert word.piece_bytes(ids[1], ids[0]) == " 나".encode()
+    char = CharTokenizer.build("é")
+    assert char.piece_bytes(char.encode("é").ids[0], None) == "é".encode()

@@ -1,0 +1,139 @@
+"""The subword level: byte-level BPE from Hugging Face `tokenizers`, stored in its own JSON.
+
+Byte-level BPE (Radford et al. 2019, GPT-2) starts from the 256 byte values and merges
+frequent pairs, so every text is some sequence of vocabulary tokens: nothing is ever
+unknown and the bytes of the tokens are exactly the UTF-8 of the (NFC) text. The price
+is that a token may hold part of a character (a rare Hangul syllable is three byte
+tokens); `piece_bytes` gives a token's bytes, `piece` a displayable text for it.
+
+The pipeline is NFC, then "\\n" cut out as a pre-token of its own (so the line end is
+always the single byte token that primes a fresh state, as at the char level), then
+GPT-2's pre-tokenizer regex over the bytes. The library's own JSON of the whole
+pipeline lives in tokenizer.json under "tokenizer"; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from functools import cache
+from typing import Any
+
+from tokenizers import Tokenizer as Backend
+from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+
+from model.tokenizer import TOKENIZER_FORMAT_VERSION, Encoding, Tokenizer, TokenizerError, TokenizerKind
+
+LINE_END = "\n"
+MIN_VOCAB = 257  # the 256 bytes and at least one merge
+
+
+@cache
+def byte_symbols() -> dict[str, int]:
+    """GPT-2's printable stand-in for each byte value (as byte-level BPE spells tokens) -> the byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    symbols = {chr(b): b for b in printable}
+    shifted = 0
+    for b in range(256):
+        if b not in printable:  # control bytes and space move past U+00FF, in order
+            symbols[chr(256 + shifted)] = b
+            shifted += 1
+    return symbols
+
+
+def readable(data: bytes) -> str:
+    """`data` as text; bytes that are not (yet) a whole UTF-8 character are shown as <0xAB>."""
+    text = data.decode("utf-8", errors="surrogateescape")  # each stray byte b -> U+DC00 + b
+    return "".join(f"<0x{ord(c) - 0xDC00:02X}>" if "\udc80" <= c <= "\udcff" else c for c in text)
+
+
+def new_backend() -> Backend:
+    """An untrained byte-level BPE pipeline (see the module docstring)."""
+    backend = Backend(models.BPE())
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(LINE_END, "isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+    )
+    backend.decoder = decoders.ByteLevel()
+    return backend
+
+
+class SubwordTokenizer(Tokenizer):
+    """Byte-level BPE: no unknown token (`unk_id` is None) and exact round trips of any text."""
+
+    kind: TokenizerKind = "subword"
+
+    def __init__(self, backend: Backend) -> None:
+        symbols = byte_symbols()
+        vocabulary = backend.get_vocab()  # token -> id
+        missing = [symbol for symbol in symbols if symbol not in vocabulary]
+        if missing:
+            raise TokenizerError(f"subword vocabulary lacks {len(missing)} of the 256 byte tokens")
+        if sorted(vocabulary.values()) != list(range(len(vocabulary))):
+            raise TokenizerError("subword vocabulary ids are not 0..size-1")
+        self.backend = backend
+        spelled = sorted(vocabulary, key=vocabulary.__getitem__)
+        try:
+            self.token_bytes = [bytes(symbols[c] for c in token) for token in spelled]
+        except KeyError as exc:
+            raise TokenizerError(f"subword token spelled with {exc} is not byte-level BPE") from exc
+        self.tokens = [readable(b) for b in self.token_bytes]
+        self.unk_id = None
+        self.line_end_id = vocabulary[next(s for s, b in symbols.items() if b == ord(LINE_END))]
+        if self.backend.encode(LINE_END).ids != [self.line_end_id]:
+            raise TokenizerError("subword tokenizer does not encode a line end as its single byte token")
+
+    @classmethod
+    def train(cls, lines: Iterable[str], vocab_size: int) -> SubwordTokenizer:
+        """Learn `vocab_size` tokens (the 256 bytes included) from `lines` (with their line ends)."""
+        if vocab_size < MIN_VOCAB:
+            raise TokenizerError(f"a subword vocabulary needs at least {MIN_VOCAB} tokens (the 256 bytes and a merge)")
+        backend = new_backend()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        )
+        backend.train_from_iterator(lines, trainer)
+        return cls(backend)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SubwordTokenizer:
+        pipeline = data.get("tokenizer")
+        if not isinstance(pipeline, dict):
+            raise TokenizerError("'tokenizer' must be the tokenizers library's JSON object")
+        try:
+            backend = Backend.from_str(json.dumps(pipeline))
+        except Exception as exc:  # the library raises a bare Exception on a bad file
+            raise TokenizerError(f"not a tokenizers JSON pipeline: {exc}") from exc
+        return cls(backend)
+
+    @property
+    def boundary_id(self) -> int:
+        return self.line_end_id
+
+    def encode(self, text: str) -> Encoding:
+        # A line end is a pre-token of its own and NFC never joins across it, so the lines
+        # can be encoded apart, in parallel: a corpus is much faster so than as one string.
+        lines = self.backend.encode_batch(text.splitlines(keepends=True))
+        ids = [i for line in lines for i in line.ids]
+        return Encoding(ids=ids, tokens=[self.tokens[i] for i in ids], unknown=[False] * len(ids))
+
+    def piece(self, token_id: int, previous_id: int | None) -> str:
+        """The token's text; a token that holds part of a character shows those bytes as <0xAB>."""
+        self.check_id(token_id)
+        return self.tokens[token_id]
+
+    def piece_bytes(self, token_id: int, previous_id: int | None) -> bytes:
+        self.check_id(token_id)
+        return self.token_bytes[token_id]
+
+    def decode(self, ids: Iterable[int], previous_id: int | None = None) -> str:
+        """The text of `ids`; bytes left without their character (a cut sequence) become U+FFFD."""
+        data = b"".join(self.piece_bytes(i, None) for i in ids)
+        return data.decode("utf-8", errors="replace")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": TOKENIZER_FORMAT_VERSION,
+            "kind": self.kind,
+            "tokenizer": json.loads(self.backend.to_str()),
+        }
