@@ -38,11 +38,21 @@ class TrainConfig:
 
     # data
     data: str = _help("registry dataset (tinyshakespeare, ptb, wikitext-2, nsmc) or a text file/directory", "ptb")
-    level: Literal["char", "word"] = _help("tokenization: characters or whitespace words (<eos> per line)", "word")
+    level: Literal["char", "word", "subword"] = _help(
+        "tokenization: characters, words (<eos> per line) or byte-level BPE subwords (max_vocab of them)", "word"
+    )
+    pretokenizer: Literal["whitespace", "punctuation"] = _help(
+        "how the word level cuts a line: at whitespace (PTB, WikiText-2), or punctuation and symbols apart too "
+        "with the spacing kept in the tokens (raw text)",
+        "whitespace",
+    )
     lowercase: bool = _help("lower-case word tokens", False)
     max_vocab: int = _help("vocabulary size cap, specials included (0 = no cap)", 0)
     min_freq: int = _help("drop train tokens seen fewer times than this", 1)
     split: str = _help("train/valid/test percentages by lines, for a text without splits", "90/5/5")
+    eval_lines: int = _help(
+        "score only the first N lines of valid and test (0 = all): comparisons within a short budget", 0
+    )
     direction: Literal["forward", "backward"] = _help("backward trains on the reversed token stream", "forward")
     data_dir: str = _help("local copy of the registry corpora, looked up first (RNNLM_DATA_DIR)", "")
     cache_dir: str = _help("where registry corpora are downloaded on first use", ".data-cache")
@@ -107,7 +117,16 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
-        for name in ("max_vocab", "max_steps", "eval_every", "patience", "warmup_steps", "threads", "min_freq"):
+        for name in (
+            "max_vocab",
+            "eval_lines",
+            "max_steps",
+            "eval_every",
+            "patience",
+            "warmup_steps",
+            "threads",
+            "min_freq",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0")
         if self.lr <= 0:
@@ -116,6 +135,8 @@ class TrainConfig:
             raise ConfigError("max_minutes, clip, min_lr and weight_decay must be >= 0")
         if self.schedule == "plateau" and self.lr_decay <= 1.0:
             raise ConfigError("lr_decay must be > 1 (the plateau schedule divides the learning rate by it)")
+        if self.level == "subword" and not self.max_vocab:
+            raise ConfigError("the subword level needs --max-vocab N, the size of the subword vocabulary")
         if self.log_every < 1:
             raise ConfigError("log_every must be at least 1")
         parse_split(self.split)

@@ -251,6 +251,13 @@ def load_corpus(data: str, data_dir: str = "", cache_dir: str = ".data-cache", s
     return load_path_corpus(Path(data).expanduser(), split)
 
 
+def first_lines(text: str, count: int) -> str:
+    """The first `count` lines of `text` (all of it when count is 0)."""
+    if count <= 0:
+        return text
+    return "".join(text.splitlines(keepends=True)[:count])
+
+
 def _lines(documents: list[str]) -> str:
     """One document per line."""
     return "".join(d + "\n" for d in documents)

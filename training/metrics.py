@@ -4,18 +4,52 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from torch import Tensor
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "curves.png"
 
 
-def quality(loss: float, level: str) -> dict[str, float]:
-    """Figures of a mean loss in nats per token: perplexity, and bits per char for char models."""
+@dataclass(frozen=True)
+class SplitStats:
+    """A split's size in tokens and in (NFC) characters, and its unknown tokens."""
+
+    tokens: int
+    chars: int
+    unknown: int
+
+    @classmethod
+    def of(cls, stream: Tensor, chars: int, unk_id: int | None) -> SplitStats:
+        unknown = 0 if unk_id is None else int((stream == unk_id).sum())
+        return cls(tokens=stream.numel(), chars=chars, unknown=unknown)
+
+    @property
+    def tokens_per_char(self) -> float:
+        return self.tokens / max(self.chars, 1)
+
+    @property
+    def unknown_rate(self) -> float:
+        return self.unknown / max(self.tokens, 1)
+
+
+def quality(loss: float, level: str, stats: SplitStats | None = None) -> dict[str, float]:
+    """Figures of a mean loss in nats per token: perplexity, and bits per character.
+
+    Bits per character compare levels on the same text: the loss of the split's tokens
+    spread over its characters (a word's `<eos>` is its line's "\\n"). A word-level
+    `<unk>` is scored as that one token, with no model of its spelling, so a word
+    level's figure flatters it by as much as its unknown rate is high; it is reported
+    beside that rate. A char model's tokens are its characters (an unknown one too).
+    """
     figures = {"loss": loss, "ppl": math.exp(min(loss, 700.0))}
     if level == "char":
         figures["bpc"] = loss / math.log(2)
+    elif stats is not None:
+        figures["bpc"] = loss * stats.tokens_per_char / math.log(2)
     return figures
 
 

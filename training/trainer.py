@@ -18,13 +18,14 @@ from tqdm import tqdm
 
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.network import RNNLM, State, detach_state, select_state, state_tensors
-from model.tokenizer import CharTokenizer, Tokenizer, WordTokenizer, tokenizer_from_dict
+from model.subword import SubwordTokenizer
+from model.tokenizer import CharTokenizer, Tokenizer, WordTokenizer, normalize, tokenizer_from_dict
 from training import distributed as dist_util
 from training.batching import batchify, encode_stream, num_windows, shard_streams, windows
 from training.config import TrainConfig
-from training.data import Corpus, load_corpus
+from training.data import Corpus, first_lines, load_corpus
 from training.distributed import DistributedContext
-from training.metrics import MetricsLog, plot_curves, quality
+from training.metrics import MetricsLog, SplitStats, plot_curves, quality
 from training.resume import (
     Progress,
     ResumeError,
@@ -55,7 +56,15 @@ def build_tokenizer(config: TrainConfig, train_text: str) -> Tokenizer:
     max_size = config.max_vocab or None
     if config.level == "char":
         return CharTokenizer.build(train_text, max_size=max_size, min_freq=config.min_freq)
-    return WordTokenizer.build(train_text, max_size=max_size, min_freq=config.min_freq, lowercase=config.lowercase)
+    if config.level == "subword":
+        return SubwordTokenizer.train(train_text.splitlines(keepends=True), vocab_size=config.max_vocab)
+    return WordTokenizer.build(
+        train_text,
+        max_size=max_size,
+        min_freq=config.min_freq,
+        lowercase=config.lowercase,
+        pretokenizer=config.pretokenizer,
+    )
 
 
 def make_optimizer(config: TrainConfig, model: RNNLM) -> torch.optim.Optimizer:
@@ -95,9 +104,16 @@ class Trainer:
             self.tokenizer = tokenizer_from_dict(resumed.config["tokenizer"])
         else:
             self.tokenizer = build_tokenizer(config, self.corpus.train)
-        streams = {
-            split: encode_stream(self.tokenizer, text, config.direction)
-            for split, text in (("train", self.corpus.train), ("valid", self.corpus.valid), ("test", self.corpus.test))
+        texts = {
+            "train": self.corpus.train,
+            "valid": first_lines(self.corpus.valid, config.eval_lines),
+            "test": first_lines(self.corpus.test, config.eval_lines),
+        }
+        streams = {split: encode_stream(self.tokenizer, text, config.direction) for split, text in texts.items()}
+        # Characters per token and unknown tokens of each split: every level's bits per character.
+        self.split_stats = {
+            split: SplitStats.of(streams[split], len(normalize(text)), self.tokenizer.unk_id)
+            for split, text in texts.items()
         }
         rank, world = self.context.rank, self.context.world_size
         for name, size in (("batch_size", config.batch_size), ("eval_batch_size", config.eval_batch_size)):
@@ -217,7 +233,7 @@ class Trainer:
         loss = self.evaluate(self.model, self.eval_data["valid"])
         self.progress.elapsed = self.elapsed()
         self.progress.last_validation_step = self.progress.step
-        figures = quality(loss, self.config.level)
+        figures = quality(loss, self.config.level, self.split_stats["valid"])
         record = {
             "step": self.progress.step,
             "epoch": self.epoch_float(),
@@ -339,8 +355,8 @@ class Trainer:
 
     def log_train(self, bar: tqdm[Any], mean_loss: float, speed: float, cpu_speed: float, lr: float) -> None:
         """Progress bar and metrics line; tokens per CPU-second is the figure that survives a busy machine."""
-        figures = quality(mean_loss, self.config.level)
-        shown = f"bpc {figures['bpc']:.3f}" if self.config.level == "char" else f"ppl {figures['ppl']:.1f}"
+        figures = quality(mean_loss, self.config.level, self.split_stats["train"])
+        shown = f"ppl {figures['ppl']:.1f}" if self.config.level == "word" else f"bpc {figures['bpc']:.3f}"
         bar.set_postfix_str(f"loss {mean_loss:.3f} {shown} {speed:,.0f} tok/s lr {lr:.3g}", refresh=False)
         self.metrics.write(
             "train",
@@ -372,7 +388,8 @@ class Trainer:
         if self.context.is_main:
             save_checkpoint(self.out, test_model, self.tokenizer, training=figures, direction=self.config.direction)
             plot_curves(self.out, self.config.level)
-            self.metrics.write("test", step=self.progress.best_step, **quality(test_loss, self.config.level))
+            test_figures = quality(test_loss, self.config.level, self.split_stats["test"])
+            self.metrics.write("test", step=self.progress.best_step, **test_figures)
         return RunResult(out=self.out, progress=self.progress, figures=figures)
 
     def figures(self, test_loss: float | None = None) -> dict[str, Any]:
@@ -401,13 +418,16 @@ class Trainer:
         }
         if self.device.type == "cuda":  # what the run needed of the GPU (bench/gpu_check.py reports it)
             data["gpu_memory_peak_bytes"] = torch.cuda.max_memory_allocated(self.device)
-        if config.level == "char" and math.isfinite(val_loss):
-            data["val_bpc"] = quality(val_loss, "char")["bpc"]
+        valid, test = self.split_stats["valid"], self.split_stats["test"]
+        if math.isfinite(val_loss):
+            data["val_bpc"] = quality(val_loss, config.level, valid)["bpc"]
+        data["val_tokens_per_char"] = round(valid.tokens_per_char, 4)
+        data["val_unknown_rate"] = round(valid.unknown_rate, 5)
         if test_loss is not None:
             data["test_loss_nats"] = test_loss
-            data["test_ppl"] = quality(test_loss, config.level)["ppl"]
-            if config.level == "char":
-                data["test_bpc"] = quality(test_loss, "char")["bpc"]
+            data["test_ppl"] = quality(test_loss, config.level, test)["ppl"]
+            data["test_bpc"] = quality(test_loss, config.level, test)["bpc"]
+            data["test_unknown_rate"] = round(test.unknown_rate, 5)
         return data
 
 
