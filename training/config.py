@@ -91,6 +91,10 @@ class TrainConfig:
         "wall-clock budget in minutes, closing validation and test included (0 = none); cosine then follows the clock",
         0.0,
     )
+    budget_clock: Literal["wall", "cpu"] = _help(
+        "what max_minutes counts: wall-clock time, or this process's CPU time (the same work on a shared machine)",
+        "wall",
+    )
     eval_every: int = _help("also validate every N steps (0 = once per epoch)", 0)
     patience: int = _help("early stopping: validations without improvement before stopping (0 = never)", 0)
     seed: int = _help("random seed (data order is fixed; this seeds init and dropout)", 1111)

@@ -95,6 +95,8 @@ class Trainer:
         self.device = torch.device(config.device)
         self.out = Path(config.out)
         self.amp = config.amp and self.device.type == "cuda"
+        # The clock of the budget, the schedule and `elapsed`: CPU time is the work done whatever the load.
+        self.clock = time.process_time if config.budget_clock == "cpu" else time.perf_counter
         dist_util.init_process_group(self.context, self.device)
 
         resumed = load_resume_state(resume_from) if resume_from is not None else None
@@ -214,7 +216,7 @@ class Trainer:
         """Mean loss in nats per token over a whole split (all ranks' streams)."""
         was_training = model.training
         model.eval()
-        started = time.perf_counter()
+        started = self.clock()
         hidden = model.init_state(data.shape[0])
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         for _, inputs, targets in windows(data, self.config.bptt):
@@ -224,7 +226,7 @@ class Trainer:
         model.train(was_training)
         count = data.shape[0] * (data.shape[1] - 1)
         loss_sum, token_count = dist_util.all_reduce_sum([float(total), float(count)], self.context, self.device)
-        self.eval_seconds_per_token = (time.perf_counter() - started) / max(count, 1)
+        self.eval_seconds_per_token = (self.clock() - started) / max(count, 1)
         return loss_sum / max(token_count, 1.0)
 
     def validate(self, scheduled: bool) -> bool:
@@ -266,8 +268,8 @@ class Trainer:
         return round(self.progress.epoch + self.progress.window / max(1, self.steps_per_epoch), 4)
 
     def elapsed(self) -> float:
-        """Wall-clock seconds of training so far (validations included), across resumes."""
-        return self.elapsed_before + time.perf_counter() - self.run_started
+        """Seconds of training so far on the budget's clock (validations included), across resumes."""
+        return self.elapsed_before + self.clock() - self.run_started
 
     def closing_seconds(self) -> float:
         """Predicted time of the closing validation and test, so that a budgeted run ends on time."""
@@ -288,7 +290,7 @@ class Trainer:
     def run(self) -> RunResult:
         """Train until the epochs, max_steps, budget or patience run out; then test the best."""
         config, progress = self.config, self.progress
-        self.run_started, self.elapsed_before = time.perf_counter(), progress.elapsed
+        self.run_started, self.elapsed_before = self.clock(), progress.elapsed
         self.model.train()
         stop = bool(config.max_steps and progress.step >= config.max_steps)
         vocab_size = self.tokenizer.vocab_size
@@ -331,7 +333,8 @@ class Trainer:
                     now, cpu_now = time.perf_counter(), time.process_time()
                     speed = interval_tokens / (now - interval_start)
                     cpu_speed = interval_tokens / max(cpu_now - interval_cpu, 1e-9)
-                    self.train_seconds_per_token = (now - interval_start) / interval_tokens * self.context.world_size
+                    seconds = cpu_now - interval_cpu if self.config.budget_clock == "cpu" else now - interval_start
+                    self.train_seconds_per_token = seconds / interval_tokens * self.context.world_size
                     self.log_train(bar, float(loss_sum) / interval_steps, speed, cpu_speed, lr)
                     bar.update(interval_steps)
                     loss_sum.zero_()

@@ -139,8 +139,10 @@ def test_backward_model_is_recorded_as_backward(tmp_path: Path, corpus: Corpus) 
     assert checkpoint.direction == "backward" and checkpoint.training["direction"] == "backward"
 
 
-def test_budget_stops_the_run(tmp_path: Path, corpus: Corpus) -> None:
-    result = train(tiny_config(tmp_path, epochs=1000, max_minutes=0.01, log_every=1), corpus=corpus)
+@pytest.mark.parametrize("clock", ["wall", "cpu"])
+def test_budget_stops_the_run(tmp_path: Path, corpus: Corpus, clock: str) -> None:
+    config = tiny_config(tmp_path, epochs=1000, max_minutes=0.01, log_every=1, budget_clock=clock)
+    result = train(config, corpus=corpus)
     assert result.progress.step > 0 and result.progress.epoch < 1000
     assert result.figures["elapsed_seconds"] < 0.6 + 10  # the budget, plus one step and a validation
 
