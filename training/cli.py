@@ -39,7 +39,7 @@ DATA_DIR_VARIABLE = "RNNLM_DATA_DIR"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rnnlm-train",
-        description="Train a character- or word-level RNN language model into a checkpoint directory.",
+        description="Train a character-, word- or subword-level RNN language model into a checkpoint directory.",
         epilog=f"Shipped recipes: {', '.join(recipe_names())}. "
         f"Registry corpora are looked up first in ${DATA_DIR_VARIABLE}.",
     )

@@ -113,3 +113,18 @@ def test_rnnlm_entry_point_runs(tmp_path: Path) -> None:
         check=True,
     )
     assert json.loads(result.stdout)["token_count"] == 6
+
+
+def test_subword_checkpoint_samples_and_scores(tmp_path: Path) -> None:
+    from model.subword import SubwordTokenizer
+
+    tokenizer = SubwordTokenizer.train(["the cat sat on the mat\n", "다람쥐 헌 쳇바퀴에 타고파\n"] * 5, vocab_size=280)
+    save_checkpoint(tmp_path, tiny_model(tokenizer), tokenizer)
+    code, text = run(["sample", str(tmp_path), "--prompt", "다람쥐", "--max-tokens", "20", "--seed", "3"])
+    assert code == 0 and text.startswith("다람쥐")
+    line = "the 🐿️ sat"  # the squirrel is bytes the tokenizer never saw: scored, not unknown
+    code, out = run(["score", str(tmp_path)], stdin=line + "\n")
+    record = json.loads(out)
+    assert code == 0 and record["token_count"] == len(tokenizer.encode(line).ids) + 1
+    assert not any(token["unknown"] for token in record["tokens"])
+    assert record["bits_per_char"] == pytest.approx(-record["total_logprob"] / (len(line) + 1) / math.log(2))
