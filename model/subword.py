@@ -14,9 +14,10 @@ pipeline lives in tokenizer.json under "tokenizer"; nothing is pickled.
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Iterable
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from tokenizers import Tokenizer as Backend
@@ -126,6 +127,14 @@ class SubwordTokenizer(Tokenizer):
         self.check_id(token_id)
         return self.token_bytes[token_id]
 
+    def invalid_after(self, pending: bytes) -> frozenset[int]:
+        """Tokens whose bytes cannot follow `pending` (the bytes of an unfinished character) in UTF-8.
+
+        A byte-level model can sample a lead byte and then a token that does not continue
+        it, which decodes to U+FFFD; masking these ids keeps generated text valid UTF-8.
+        """
+        return _invalid_after(tuple(self.token_bytes), pending)
+
     def decode(self, ids: Iterable[int], previous_id: int | None = None) -> str:
         """The text of `ids`; bytes left without their character (a cut sequence) become U+FFFD."""
         data = b"".join(self.piece_bytes(i, None) for i in ids)
@@ -137,3 +146,15 @@ class SubwordTokenizer(Tokenizer):
             "kind": self.kind,
             "tokenizer": json.loads(self.backend.to_str()),
         }
+
+
+@lru_cache(maxsize=64)
+def _invalid_after(token_bytes: tuple[bytes, ...], pending: bytes) -> frozenset[int]:
+    invalid = []
+    for token_id, data in enumerate(token_bytes):
+        decoder = codecs.getincrementaldecoder("utf-8")("strict")
+        try:
+            decoder.decode(pending + data)  # an unfinished character at the end is fine
+        except UnicodeDecodeError:
+            invalid.append(token_id)
+    return frozenset(invalid)

@@ -129,3 +129,13 @@ def test_vocabulary_too_small_is_refused() -> None:
 def test_out_of_range_ids_are_refused(tokenizer: SubwordTokenizer) -> None:
     with pytest.raises(TokenizerError, match="outside the vocabulary"):
         tokenizer.piece_bytes(tokenizer.vocab_size, None)
+
+
+def test_invalid_after_masks_what_would_break_utf8(tokenizer: SubwordTokenizer) -> None:
+    byte = {b[0]: i for i, b in enumerate(tokenizer.token_bytes) if len(b) == 1}
+    lead = "뷁".encode()  # three bytes: a lead byte and two continuation bytes
+    assert byte[lead[1]] in tokenizer.invalid_after(b"")  # a continuation byte cannot start a character
+    assert byte[ord("a")] not in tokenizer.invalid_after(b"")
+    after_lead = tokenizer.invalid_after(lead[:1])
+    assert byte[lead[1]] not in after_lead and byte[ord("a")] in after_lead and tokenizer.boundary_id in after_lead
+    assert byte[lead[2]] not in tokenizer.invalid_after(lead[:2])
