@@ -135,6 +135,15 @@ class SubwordTokenizer(Tokenizer):
         """
         return _invalid_after(tuple(self.token_bytes), pending)
 
+    def text_offsets(self, ids: Iterable[int], previous_id: int | None = None) -> list[int]:
+        """Where each token starts in `decode(ids)`; a token inside a character starts where it does."""
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        offsets, position = [], 0
+        for token_id in ids:
+            offsets.append(position)  # the characters released so far; held bytes start the next one
+            position += len(decoder.decode(self.piece_bytes(token_id, None)))
+        return offsets
+
     def decode(self, ids: Iterable[int], previous_id: int | None = None) -> str:
         """The text of `ids`; bytes left without their character (a cut sequence) become U+FFFD."""
         data = b"".join(self.piece_bytes(i, None) for i in ids)

@@ -70,6 +70,15 @@ class Tokenizer:
         """UTF-8 bytes that `token_id` adds after `previous_id`; may be part of a character."""
         return self.piece(token_id, previous_id).encode("utf-8")
 
+    def text_offsets(self, ids: Iterable[int], previous_id: int | None = None) -> list[int]:
+        """Where each token starts in `decode(ids, previous_id)`, in characters."""
+        offsets, position = [], 0
+        for token_id in ids:
+            offsets.append(position)
+            position += len(self.piece(token_id, previous_id))
+            previous_id = token_id
+        return offsets
+
     def decode(self, ids: Iterable[int], previous_id: int | None = None) -> str:
         pieces = []
         for token_id in ids:

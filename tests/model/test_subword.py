@@ -139,3 +139,13 @@ def test_invalid_after_masks_what_would_break_utf8(tokenizer: SubwordTokenizer) 
     after_lead = tokenizer.invalid_after(lead[:1])
     assert byte[lead[1]] not in after_lead and byte[ord("a")] in after_lead and tokenizer.boundary_id in after_lead
     assert byte[lead[2]] not in tokenizer.invalid_after(lead[:2])
+
+
+def test_text_offsets_count_characters_not_bytes(tokenizer: SubwordTokenizer) -> None:
+    text = "a 🦜 뷁b"
+    ids = tokenizer.encode(text).ids
+    offsets = tokenizer.text_offsets(ids)
+    assert len(offsets) == len(ids) and offsets[0] == 0
+    parrot = next(i for i, token in enumerate(tokenizer.encode(text).tokens) if token.startswith("<0xF0>"))
+    assert offsets[parrot : parrot + 4] == [text.index("🦜")] * 4  # its four byte tokens all start at the parrot
+    assert offsets[-1] == text.index("b") and offsets == sorted(offsets)

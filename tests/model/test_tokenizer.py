@@ -142,3 +142,9 @@ def test_every_level_gives_the_bytes_of_its_pieces() -> None:
     assert word.piece_bytes(ids[1], ids[0]) == " 나".encode()
     char = CharTokenizer.build("é")
     assert char.piece_bytes(char.encode("é").ids[0], None) == "é".encode()
+
+
+def test_text_offsets_follow_the_pieces() -> None:
+    word = WordTokenizer.build("the cat\nsat\n")
+    ids = word.encode("the cat\nsat").ids
+    assert word.text_offsets(ids) == [0, 3, 7, 8]  # "the", " cat", "\n", "sat"
