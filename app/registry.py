@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from app.engine import Engine
+from app.engine import Engine, Hooks
 from app.errors import NotFound
 from app.metrics import Metrics
 from app.pairing import PairingError, Pairs, find_pairs
@@ -111,13 +111,10 @@ def load_models(settings: Settings, metrics: Metrics) -> ModelRegistry:
 def _serve(directory: Path, device: torch.device, settings: Settings, metrics: Metrics) -> ServedModel:
     checkpoint = load_checkpoint(directory, device=device)  # CheckpointError names the file
     model_id = directory.name
-    engine = Engine(
-        checkpoint,
-        max_active=settings.max_active_sequences,
-        max_queued=settings.max_queued_requests,
-        prefill_tokens_per_step=settings.prefill_tokens_per_step,
+    hooks = Hooks(
         on_step=metrics.batch_size.labels(model_id).observe,
         on_active=metrics.active_sequences.labels(model_id).set,
         on_tokens=metrics.tokens_generated.labels(model_id).inc,
     )
+    engine = Engine(checkpoint, settings, hooks)
     return ServedModel(id=model_id, checkpoint=checkpoint, engine=engine)

@@ -170,7 +170,13 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def state_tensors(state: State) -> list[Tensor]:
+    """The state as a list of tensors: [h, c] for an LSTM, [h] otherwise."""
     return list(state) if isinstance(state, tuple) else [state]
+
+
+def state_from_tensors(tensors: list[Tensor]) -> State:
+    """The inverse of `state_tensors`."""
+    return (tensors[0], tensors[1]) if len(tensors) == 2 else tensors[0]
 
 
 def cat_states(states: list[State], dim: int = 1) -> State:

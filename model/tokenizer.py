@@ -76,6 +76,10 @@ class Tokenizer:
         """Text that `token_id` adds after `previous_id` (None at the start of a text)."""
         raise NotImplementedError
 
+    def piece_bytes(self, token_id: int, previous_id: int | None) -> bytes:
+        """The UTF-8 bytes `token_id` adds after `previous_id` (a byte-level token may hold part of a character)."""
+        return self.piece(token_id, previous_id).encode("utf-8")
+
     def decode(self, ids: Iterable[int], previous_id: int | None = None) -> str:
         pieces = []
         for token_id in ids:

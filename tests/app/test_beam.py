@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from app.engine import Engine
+from app.settings import Settings
 from model.beam_search import BeamSettings, Hypothesis, beam_search, normalised_score
 from model.checkpoint import Checkpoint, save_checkpoint
 from model.inference import feed_tokens, prime
@@ -92,7 +93,7 @@ async def search_in_engine(
     model: RNNLM, tokenizer: Tokenizer, prompt: list[int], settings: BeamSettings
 ) -> list[Hypothesis]:
     """The search as the server runs it (rows in the engine's batch), checked against the same search run alone."""
-    engine = Engine(Checkpoint(model=model, tokenizer=tokenizer))
+    engine = Engine(Checkpoint(model=model, tokenizer=tokenizer), Settings())
     engine.start()
     try:
         found = await engine.beam(engine.fresh(), settings, prompt).hypotheses()
@@ -186,23 +187,25 @@ async def test_a_wide_beam_with_an_end_token_stops_early_without_missing_the_bes
 
 
 async def test_cancelling_a_beam_search_takes_its_rows_out_of_the_engine() -> None:
-    """The search runs in the engine's batch; a cancelled caller frees its rows and its admission."""
+    """The search runs in the engine's batch and costs its rows (4 beams + the greedy path); a cancelled caller frees them."""
     tokenizer = char_tokenizer()
-    engine = Engine(Checkpoint(model=peaky_model(tokenizer, seed=2), tokenizer=tokenizer), max_active=1)
+    engine = Engine(
+        Checkpoint(model=peaky_model(tokenizer, seed=2), tokenizer=tokenizer), Settings(max_active_sequences=5)
+    )
     engine.start()
     try:
         run = engine.beam(engine.fresh(), BeamSettings(beam_width=4, max_tokens=10_000_000), tokenizer.encode("th").ids)
         task = asyncio.create_task(run.hypotheses())
         await asyncio.sleep(0.2)
         assert not task.done()  # still searching: ten million steps take hours
-        assert engine.active_generations == 1
+        assert engine.active_generations == 5
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         for _ in range(200):
-            if engine.active_generations == 0 and not engine._pool.rows:
+            if engine.active_generations == 0 and not engine.scheduler.pool.rows:
                 break
             await asyncio.sleep(0.01)
-        assert engine.active_generations == 0 and not engine._pool.rows, "the search went on for nobody"
+        assert engine.active_generations == 0 and not engine.scheduler.pool.rows, "the search went on for nobody"
     finally:
         engine.close()

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from app.engine import Engine, EngineBusy, GenerationSettings
+from app.settings import Settings
 from model.checkpoint import Checkpoint
 from model.inference import SamplingParams
 from tests.factories import char_tokenizer, tiny_model
@@ -28,7 +29,10 @@ def one_torch_thread() -> Iterator[None]:
 @pytest.fixture
 async def engine() -> AsyncIterator[Engine]:
     tokenizer = char_tokenizer()
-    engine = Engine(Checkpoint(model=tiny_model(tokenizer), tokenizer=tokenizer), max_active=4, max_queued=8)
+    engine = Engine(
+        Checkpoint(model=tiny_model(tokenizer), tokenizer=tokenizer),
+        Settings(max_active_sequences=4, max_queued_requests=8),
+    )
     engine.start()
     yield engine
     engine.close()
@@ -104,7 +108,9 @@ async def test_cancel_frees_the_slot_and_full_engine_refuses(engine: Engine) -> 
 
 async def test_a_full_queue_refuses_more_feeds() -> None:
     tokenizer = char_tokenizer()
-    engine = Engine(Checkpoint(model=tiny_model(tokenizer), tokenizer=tokenizer), max_queued=2)  # not started yet
+    engine = Engine(
+        Checkpoint(model=tiny_model(tokenizer), tokenizer=tokenizer), Settings(max_queued_requests=2)
+    )  # not started yet
     ids = tokenizer.encode("abc").ids
     waiting = [asyncio.ensure_future(engine.feed(engine.fresh(), ids)) for _ in range(2)]
     await asyncio.sleep(0)
@@ -121,8 +127,8 @@ async def test_a_full_queue_refuses_more_feeds() -> None:
 async def test_long_prompts_are_fed_in_chunks_without_changing_the_result() -> None:
     tokenizer = char_tokenizer()
     checkpoint = Checkpoint(model=tiny_model(tokenizer), tokenizer=tokenizer)
-    chunked = Engine(checkpoint, prefill_tokens_per_step=7)
-    whole = Engine(checkpoint)
+    chunked = Engine(checkpoint, Settings(prefill_tokens_per_step=7))
+    whole = Engine(checkpoint, Settings())
     chunked.start()
     whole.start()
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.stop_strings import StopStringMatcher
+from app.engine.output import StopStringMatcher
 
 
 def released(stop: tuple[str, ...], pieces: list[str]) -> tuple[list[str], bool, str]:
