@@ -6,7 +6,8 @@ succeed. `$S` (or any `$NAME`) in a path is the session the last `POST /v1/sessi
 example of the same page created. Together the pages have an example for every
 endpoint. The configuration table (docs/configuration.md) must list every server setting
 with its real default, every `RNNLM_` name a page mentions must exist, and every
-relative link between the pages must lead to a file that exists.
+relative link between the pages must lead to a file that exists. No page points outside
+the repository except to `../shared/data`, the optional local mirror of the corpora.
 """
 
 from __future__ import annotations
@@ -204,6 +205,22 @@ def test_every_relative_link_leads_to_a_page_and_heading(page: Path) -> None:
         assert linked.is_file(), f"{page_id(page)}: link to {target}, no such file"
         if anchor and linked.suffix == ".md":
             assert anchor in anchors(linked.read_text(encoding="utf-8")), f"{page_id(page)}: no heading for {target}"
+
+
+# What a page may name outside the repository: only `../shared/data`, the optional local mirror of the corpora.
+OUTSIDE = re.compile(r"\.\./shared(?!/data)|shared/DESIGN|DESIGN\.md")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=page_id)
+def test_no_page_points_outside_the_repository_but_the_corpora_mirror(page: Path) -> None:
+    """The design is docs/architecture.md; `../shared/data` is the one outside path a page may name."""
+    text = page.read_text(encoding="utf-8")
+    found = [f"line {text.count(chr(10), 0, m.start()) + 1}: {m.group()}" for m in OUTSIDE.finditer(text)]
+    assert not found, f"{page_id(page)} points outside the repository: {found}"
+
+
+def test_the_readme_links_the_architecture() -> None:
+    assert "](docs/architecture.md)" in README.read_text(encoding="utf-8")
 
 
 def anchors(text: str) -> set[str]:
