@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import pytest
 import torch
 
-from app.engine import Engine
+from app.engine import Engine, GenerationSettings
 from app.settings import Settings
 from model.beam_search import BeamSettings, Hypothesis, beam_search, normalised_score
 from model.checkpoint import Checkpoint, save_checkpoint
@@ -100,6 +101,8 @@ async def search_in_engine(
     finally:
         engine.close()
     state, pending = prime(model, tokenizer.boundary_id, [prompt])
+    if not settings.allow_unk:  # the engine never chooses <unk> unless asked to
+        settings = replace(settings, banned=(*settings.banned, tokenizer.unk_id))
     alone = beam_search(model, state, pending[0], settings)
     assert [h.ids for h in found] == [h.ids for h in alone]
     return found
@@ -110,7 +113,7 @@ async def test_a_beam_as_wide_as_the_search_space_finds_the_most_likely_sequence
     model = tiny_model(tokenizer, seed=5)
     vocab, steps = tokenizer.vocab_size, 3
     prompt = tokenizer.encode("the cat").ids
-    settings = BeamSettings(beam_width=vocab**2, max_tokens=steps, with_greedy=False)
+    settings = BeamSettings(beam_width=vocab**2, max_tokens=steps, with_greedy=False, allow_unk=True)
     found = await search_in_engine(model, tokenizer, prompt, settings)
     everything = [list(seq) for seq in itertools.product(range(vocab), repeat=steps)]
     states, pendings = prime(model, tokenizer.boundary_id, [prompt] * len(everything))
@@ -209,3 +212,26 @@ async def test_cancelling_a_beam_search_takes_its_rows_out_of_the_engine() -> No
         assert engine.active_generations == 0 and not engine.scheduler.pool.rows, "the search went on for nobody"
     finally:
         engine.close()
+
+
+async def test_a_beam_amid_rows_that_come_and_go_equals_the_search_alone() -> None:
+    """Rows leaving the pool move others into their slots; the search still sees its own rows in order."""
+    tokenizer = char_tokenizer()
+    model = peaky_model(tokenizer, seed=2)
+    engine = Engine(Checkpoint(model=model, tokenizer=tokenizer), Settings())
+    engine.start()
+    prompt = tokenizer.encode("th").ids
+    settings = BeamSettings(beam_width=4, max_tokens=12, length_penalty=0.0)
+    try:
+        traffic = [engine.generate(engine.fresh(), GenerationSettings(max_tokens=1 + i % 5, seed=i)) for i in range(12)]
+        run = engine.beam(engine.fresh(), settings, prompt)
+        more = [engine.generate(engine.fresh(), GenerationSettings(max_tokens=2 + i, seed=i)) for i in range(8)]
+        found = await run.hypotheses()
+        for generation in [*traffic, *more]:
+            await generation.collect()
+    finally:
+        engine.close()
+    state, pending = prime(model, tokenizer.boundary_id, [prompt])
+    alone = beam_search(model, state, pending[0], replace(settings, banned=(tokenizer.unk_id,)))
+    assert [h.ids for h in found] == [h.ids for h in alone]
+    assert [h.logprob for h in found] == pytest.approx([h.logprob for h in alone], abs=1e-5)
