@@ -115,6 +115,8 @@ def _serve(directory: Path, device: torch.device, settings: Settings, metrics: M
         on_step=metrics.batch_size.labels(model_id).observe,
         on_active=metrics.active_sequences.labels(model_id).set,
         on_tokens=metrics.tokens_generated.labels(model_id).inc,
+        on_prefix_lookup=metrics.prefix_lookup(model_id),
+        on_prefix_bytes=metrics.prefix_cache_bytes.labels(model_id).set,
     )
     engine = Engine(checkpoint, settings, hooks)
     return ServedModel(id=model_id, checkpoint=checkpoint, engine=engine)

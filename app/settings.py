@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     share_prefixes: bool = Field(
         default=True, description="completions: feed a prefix shared by a request's prompts once and fork its state"
     )
+    prefix_cache_mb: float = Field(
+        default=64, ge=0, description="per model: prompt-prefix states kept across requests (0 = off)"
+    )
     prefill_tokens_per_step: int = Field(default=4096, ge=1, description="prompt/text tokens fed per scheduler tick")
     torch_threads: int | None = Field(
         default=None, ge=1, description="torch intra-op CPU threads (unset = torch's default; 1 suits a busy CPU)"

@@ -61,7 +61,7 @@ class Engine:
     def fresh(self) -> SequenceState:
         """A new sequence at the start of a line: zero state, boundary token pending."""
         with torch.inference_mode():
-            return SequenceState(self.model.init_state(1), self.tokenizer.boundary_id)
+            return SequenceState(self.model.init_state(1), self.tokenizer.boundary_id, history=())
 
     async def feed(
         self, start: SequenceState, ids: list[int], with_logprobs: bool = True, top_logprobs: int = 0
@@ -69,13 +69,13 @@ class Engine:
         """Log-probabilities of `ids` after `start` (and the top alternatives at each), and the state after them."""
         job, future = self._call(FeedJob, start, ids, with_logprobs=with_logprobs, top_logprobs=top_logprobs)
         await future
-        return FeedResult(job.fed_logprobs, SequenceState(job.state, job.pending), job.fed_top)
+        return FeedResult(job.fed_logprobs, job.fed_end(), job.fed_top)
 
     async def next_token(self, start: SequenceState, ids: list[int] | None = None) -> NextTokenResult:
         """Feed `ids`, then the distribution of the next token (V,)."""
         job, future = self._call(NextTokenJob, start, ids or [], with_logprobs=True)
         logprobs: Tensor = await future
-        return NextTokenResult(logprobs, SequenceState(job.state, job.pending), job.fed_logprobs)
+        return NextTokenResult(logprobs, job.fed_end(), job.fed_logprobs)
 
     def generate(
         self,

@@ -58,6 +58,7 @@ class Job:
         top_logprobs: int = 0,
     ) -> None:
         self.state, self.pending = start.state, start.pending
+        self.history = start.history  # the tokens before `ids`, when known (keys the prefix cache)
         self.ids = ids
         self.loop = loop  # where the caller waits
         self.receive = receive  # takes an item on that loop (never called from the worker)
@@ -73,6 +74,10 @@ class Job:
     def start(self, worker: Worker) -> None:
         """Everything is fed: answer now, or take rows in the decode batch."""
         raise NotImplementedError
+
+    def fed_end(self) -> SequenceState:
+        """The sequence after every id (valid once they are all fed)."""
+        return SequenceState(self.state, self.pending, None if self.history is None else (*self.history, *self.ids))
 
 
 class Row(Slotted):

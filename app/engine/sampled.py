@@ -17,7 +17,7 @@ from typing_extensions import Self
 
 from app.engine.job import Job, Row, Worker
 from app.engine.output import TextOutput
-from app.engine.types import GenerationResult, GenerationSettings, SequenceState, TokenEvent, finite
+from app.engine.types import GenerationResult, GenerationSettings, TokenEvent, finite
 from model.network import state_tensors
 from model.sampling import SamplerInputs, random_seed, sample
 
@@ -35,7 +35,7 @@ class GenerateJob(Job):
     def start(self, worker: Worker) -> None:
         if self.settings.max_tokens <= 0:  # echo-only scoring
             worker.finish(self)
-            end = SequenceState(self.state, self.pending)
+            end = self.fed_end()
             for choice in range(self.n):
                 worker.deliver(self, GenerationResult("length", end, [], self.fed_logprobs, choice, self.fed_top))
             return
@@ -119,7 +119,7 @@ class SampledRow(Row):
         worker.deliver(job, TokenEvent(token_id, released.piece, released.text, finite(logprob), top, self.choice))
         if released.finish is None:
             return
-        end = SequenceState(worker.pool.copy_state(self), token_id)
+        end = job.fed_end().after(worker.pool.copy_state(self), self.generated)
         job.end_choice(
             worker,
             self,

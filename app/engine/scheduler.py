@@ -23,12 +23,13 @@ import torch
 from torch import Tensor
 
 from app.engine.job import Job, Row
+from app.engine.prefix_cache import INTERVAL, PrefixCache
 from app.engine.types import EngineBusy, EngineClosed, Hooks, finite
 from app.settings import Settings
 from app.state_pool import StatePool
 from model.checkpoint import Checkpoint
 from model.inference import advance, feed_tokens_with_top, model_device
-from model.network import cat_states, split_state
+from model.network import State, cat_states, split_state, state_from_tensors, state_tensors
 
 logger = logging.getLogger("app")
 
@@ -49,6 +50,7 @@ class Scheduler:
         self._feeding: deque[Job] = deque()  # the worker's: jobs whose ids are being fed
         self.active_rows = 0  # decode rows held by admitted jobs (guarded by _lock)
         self.queued = 0  # admitted row-less jobs not yet answered (guarded by _lock)
+        self.cache = PrefixCache(int(settings.prefix_cache_mb * 2**20), hooks.on_prefix_lookup, hooks.on_prefix_bytes)
         self._closing = False
         self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[Callable[[Any], object], Any]]] = {}
         self._thread = threading.Thread(target=self._run, name="rnnlm-engine", daemon=True)
@@ -132,9 +134,12 @@ class Scheduler:
                         self._lock.wait()
                     if self._closing:
                         break
-                    self._feeding.extend(self._inbox)
+                    arrived = list(self._inbox)
                     self._inbox.clear()
+                self._feeding.extend(arrived)
                 try:
+                    for job in arrived:
+                        self._resume(job)
                     self._drop_cancelled()
                     self._feed_step()
                     self._decode_step()
@@ -169,6 +174,24 @@ class Scheduler:
             self.finish(job)  # counted out before the caller hears, so it can come straight back
             self.deliver(job, exc)
 
+    def _resume(self, job: Job) -> None:
+        """Start a job whose history is known from the longest cached prefix of its prompt."""
+        if not self.cache.enabled or job.history is None or not job.ids:
+            return
+        before = len(job.history)
+        key = (*job.history, *job.ids)
+        hit = self.cache.longest(key, before, job.with_logprobs, job.top_logprobs)
+        if hit is None:
+            return
+        length, entry = hit
+        job.state, job.pending, job.fed = entry.state, key[length - 1], length - before
+        if job.with_logprobs and entry.logprobs is not None:
+            job.fed_logprobs = entry.logprobs[before:length].tolist()
+        if job.top_logprobs and entry.top_ids is not None and entry.top_values is not None:
+            ids = entry.top_ids[before:length, : job.top_logprobs].tolist()
+            values = entry.top_values[before:length, : job.top_logprobs].tolist()
+            job.fed_top = [list(zip(i, v, strict=True)) for i, v in zip(ids, values, strict=True)]
+
     def _feed_step(self) -> None:
         """Feed up to `prefill_tokens_per_step` queued tokens (chunked across ticks) in one forward."""
         budget = self.limits.prefill_tokens_per_step
@@ -182,14 +205,16 @@ class Scheduler:
         if not batch:
             return
         jobs = [job for job, _ in batch]
+        cuts = [self._cache_cuts(job, len(chunk)) for job, chunk in batch]
         try:
-            logprobs, tops, state, pending = feed_tokens_with_top(
+            fed = feed_tokens_with_top(
                 self.model,
                 cat_states([job.state for job in jobs]),
                 [job.pending for job in jobs],
                 [chunk for _, chunk in batch],
                 with_logprobs=any(job.with_logprobs for job in jobs),
                 top=max(job.top_logprobs for job in jobs),
+                cuts=[[cut for cut in row if cut < len(chunk)] for row, (_, chunk) in zip(cuts, batch, strict=True)],
             )
         except Exception as exc:  # a failed forward fails its jobs, not the engine
             for job in jobs:
@@ -197,23 +222,53 @@ class Scheduler:
             self._fail(jobs, exc)
             return
         for row, ((job, chunk), row_state, row_pending, row_logprobs) in enumerate(
-            zip(batch, split_state(state), pending, logprobs, strict=True)
+            zip(batch, split_state(fed.state), fed.pending, fed.logprobs, strict=True)
         ):
             job.state, job.pending = row_state, row_pending
-            job.fed += len(chunk)
             if job.with_logprobs:
                 job.fed_logprobs.extend(row_logprobs.tolist())
-            if job.top_logprobs and tops is not None:
-                values = tops[row].values[:, : job.top_logprobs].tolist()
-                ids = tops[row].ids[:, : job.top_logprobs].tolist()
+            if job.top_logprobs and fed.tops is not None:
+                values = fed.tops[row].values[:, : job.top_logprobs].tolist()
+                ids = fed.tops[row].ids[:, : job.top_logprobs].tolist()
                 job.fed_top.extend(
                     [(i, finite(v)) for i, v in zip(position_ids, position_values, strict=True)]
                     for position_ids, position_values in zip(ids, values, strict=True)
                 )
+            states = (
+                [*fed.snapshots[row], row_state] if cuts[row] and cuts[row][-1] == len(chunk) else fed.snapshots[row]
+            )
+            for cut, state in zip(cuts[row], states, strict=True):
+                self._cache(job, job.fed + cut, state)
+            job.fed += len(chunk)
             if job.fed < len(job.ids):
                 continue
             self._feeding.remove(job)
             job.start(self)
+
+    def _cache_cuts(self, job: Job, length: int) -> list[int]:
+        """Where in its next `length` ids a job's state is worth caching: every INTERVAL tokens from a fresh start, and its end."""
+        if not self.cache.enabled or job.history is None or not length:
+            return []
+        start = len(job.history) + job.fed  # tokens from the fresh start before this chunk
+        end = len(job.history) + len(job.ids)
+        cuts = [n - start for n in range(start - start % INTERVAL + INTERVAL, start + length + 1, INTERVAL)]
+        if start + length == end and (not cuts or cuts[-1] != length):
+            cuts.append(length)
+        return cuts
+
+    def _cache(self, job: Job, fed: int, state: State) -> None:
+        """Keep the state after the job's first `fed` ids, with their logprobs when they go back to a fresh start."""
+        assert job.history is not None
+        complete = not job.history and job.with_logprobs  # logprobs of every token of the key
+        logprobs = torch.tensor(job.fed_logprobs[:fed], dtype=torch.float64) if complete else None
+        tops = None
+        if complete and job.top_logprobs and len(job.fed_top) >= fed:
+            tops = (
+                torch.tensor([[i for i, _ in top] for top in job.fed_top[:fed]], dtype=torch.long),
+                torch.tensor([[v for _, v in top] for top in job.fed_top[:fed]], dtype=torch.float64),
+            )
+        kept = state_from_tensors([t.clone() for t in state_tensors(state)])  # not a view into the batch
+        self.cache.put((*job.history, *job.ids[:fed]), kept, logprobs, tops)
 
     def _decode_step(self) -> None:
         """Advance every decode row by one token in one forward, then step each row kind on its rows."""

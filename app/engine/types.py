@@ -27,10 +27,19 @@ class EngineClosed(Exception):
 
 @dataclass(frozen=True)
 class SequenceState:
-    """One sequence: a single-row state (each tensor (layers, 1, hidden)) and its pending token."""
+    """One sequence: a single-row state (each tensor (layers, 1, hidden)) and its pending token.
+
+    `history` is every token fed since a fresh start, when known (not for a state read
+    back from a session): it keys the prefix-state cache.
+    """
 
     state: State
     pending: int
+    history: tuple[int, ...] | None = None
+
+    def after(self, state: State, ids: list[int]) -> SequenceState:
+        """The sequence once `ids` (non-empty) are fed: `state`, the last id pending."""
+        return SequenceState(state, ids[-1], None if self.history is None else (*self.history, *ids))
 
 
 @dataclass(frozen=True)
@@ -99,3 +108,5 @@ class Hooks:
     on_step: Callable[[int], None] = lambda rows: None  # decode batch size of each tick
     on_active: Callable[[int], None] = lambda rows: None  # decode rows admitted
     on_tokens: Callable[[int], None] = lambda count: None  # tokens generated
+    on_prefix_lookup: Callable[[int], None] = lambda saved: None  # prompt tokens a cache lookup saved (0: miss)
+    on_prefix_bytes: Callable[[int], None] = lambda held: None  # bytes the prefix cache holds
