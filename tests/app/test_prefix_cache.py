@@ -119,17 +119,21 @@ async def test_a_state_read_back_without_its_history_is_never_served_from_the_ca
 def test_least_recently_used_entries_go_first_and_the_byte_bound_holds() -> None:
     state = (torch.zeros(2, 1, 16), torch.zeros(2, 1, 16))
     held: list[int] = []
-    cache = PrefixCache(max_bytes=4000, on_lookup=lambda saved: None, on_bytes=held.append)
-    for n in range(1, 40):
-        cache.put(tuple(range(n)), state, torch.zeros(n, dtype=torch.float64), None)
-        if n == 5:
-            assert cache.longest(tuple(range(3)) + (99,), 0, logprobs=True, top=0) is not None  # touches (0, 1, 2)
-        assert cache.nbytes <= 4000 and held[-1] == cache.nbytes
-    assert 0 < len(cache) < 39
-    kept = cache.longest(tuple(range(3)) + (99,), 0, logprobs=True, top=0)
-    assert kept is None or kept[0] == 3
-    assert cache.longest(tuple(range(39)), 0, logprobs=True, top=0) is not None  # the newest is there
-    assert cache.longest(tuple(range(39)), 0, logprobs=True, top=2) is None  # no top alternatives were kept
+    one = PrefixCache(max_bytes=10**6, on_lookup=lambda saved: None, on_bytes=held.append)
+    one.put((0, 0, 0), state, torch.zeros(3, dtype=torch.float64), None)
+    size = one.nbytes  # every entry below is this size: the same shapes
+    cache = PrefixCache(max_bytes=3 * size + size // 2, on_lookup=lambda saved: None, on_bytes=held.append)
+    for n in (1, 2, 3):
+        cache.put((n, n, n), state, torch.zeros(3, dtype=torch.float64), None)
+    assert cache.longest((1, 1, 1, 5), 0, logprobs=True, top=0) is not None  # 1 is now the most recent
+    cache.put((4, 4, 4), state, torch.zeros(3, dtype=torch.float64), None)
+    assert len(cache) == 3 and cache.nbytes == 3 * size <= cache.max_bytes and held[-1] == cache.nbytes
+    assert cache.longest((2, 2, 2), 0, logprobs=False, top=0) is None  # the least recently used went
+    assert all(cache.longest((n, n, n), 0, logprobs=True, top=0) is not None for n in (1, 3, 4))
+    assert cache.longest((4, 4, 4), 0, logprobs=True, top=2) is None  # no top alternatives were kept
+    big = (torch.zeros(2, 1, 4096), torch.zeros(2, 1, 4096))
+    cache.put((5, 5, 5), big, None, None)  # larger than the whole bound: not kept, nothing evicted
+    assert len(cache) == 3 and cache.nbytes == 3 * size
 
 
 def test_an_entry_without_logprobs_serves_only_callers_that_need_none() -> None:
