@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
 import pytest
@@ -19,13 +19,7 @@ from tests.factories import char_tokenizer, tiny_model
 GREEDY = SamplingParams(temperature=0)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models on a shared CPU: one thread is faster (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
@@ -38,6 +32,15 @@ async def engine() -> AsyncIterator[Engine]:
     engine.start()
     yield engine
     engine.close()
+
+
+async def until(condition: Callable[[], bool], polls: int = 200) -> None:
+    """Wait for the worker thread to get there (it answers within a few ticks)."""
+    for _ in range(polls):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the engine never got there")
 
 
 def ids_of(engine: Engine, text: str) -> list[int]:
@@ -101,11 +104,7 @@ async def test_cancel_frees_the_slot_and_full_engine_refuses(engine: Engine) -> 
         break  # leaving the loop cancels
     for generation in generations[1:]:
         generation.cancel()
-    for _ in range(200):
-        if engine.active_generations == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert engine.active_generations == 0
+    await until(lambda: engine.active_generations == 0)
 
 
 async def test_a_full_queue_refuses_more_feeds() -> None:
@@ -181,18 +180,10 @@ async def test_admission_costs_each_job_the_rows_it_holds() -> None:
         fed = await engine.feed(engine.fresh(), ids_of(engine, "abc"))  # no decode row needed
         assert len(fed.logprobs) == 3
         three.cancel()
-        for _ in range(200):
-            if engine.active_generations == 3:
-                break
-            await asyncio.sleep(0.01)
-        assert engine.active_generations == 3
+        await until(lambda: engine.active_generations == 3)
         assert (await engine.next_token(engine.fresh())).logprobs.shape == (engine.tokenizer.vocab_size,)
         beam.cancel()
-        for _ in range(200):
-            if engine.idle:
-                break
-            await asyncio.sleep(0.01)
-        assert engine.idle and not engine.scheduler.pool.rows
+        await until(lambda: engine.idle and not engine.scheduler.pool.rows)
     finally:
         engine.close()
 
@@ -205,10 +196,7 @@ async def test_a_job_wider_than_the_engine_runs_alone() -> None:
         with pytest.raises(EngineBusy, match="needs 4 more"):
             engine.beam(engine.fresh(), BeamSettings(beam_width=8, max_tokens=3))
         holder.cancel()
-        for _ in range(200):
-            if engine.idle:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: engine.idle)
         found = await engine.beam(engine.fresh(), BeamSettings(beam_width=8, max_tokens=3)).hypotheses()
         assert found and all(len(h.ids) == 3 for h in found)
     finally:
