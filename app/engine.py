@@ -47,7 +47,7 @@ from app.stop_strings import StopStringMatcher
 from model.beam_search import BeamSearch, BeamSettings, Hypothesis
 from model.checkpoint import Checkpoint
 from model.inference import advance, feed_tokens_with_top, model_device
-from model.network import State, cat_states, split_state, state_tensors
+from model.network import State, cat_states, split_state, state_from_tensors, state_tensors
 from model.sampling import SamplerInputs, SamplingParams, random_seed, sample
 
 FinishReason = Literal["length", "stop", "eos"]
@@ -678,7 +678,7 @@ class Engine:
     def _row_state(self, row: Slotted) -> State:
         """A copy of one row's state (single-row tensors)."""
         tensors = [t[:, row.slot : row.slot + 1].clone() for t in self._pool.tensors]
-        return (tensors[0], tensors[1]) if len(tensors) == 2 else tensors[0]
+        return state_from_tensors(tensors)
 
     def _step_beam(self, job: _BeamJob, logits: Tensor) -> list[tuple[int, int]]:
         assert job.search is not None
