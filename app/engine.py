@@ -42,6 +42,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from app.errors import EngineBusy, EngineClosed
 from app.state_pool import Slotted, StatePool
 from app.stop_strings import StopStringMatcher
 from model.beam_search import BeamSearch, BeamSettings, Hypothesis
@@ -53,14 +54,6 @@ from model.sampling import SamplerInputs, SamplingParams, random_seed, sample
 FinishReason = Literal["length", "stop", "eos"]
 
 logger = logging.getLogger("app")
-
-
-class EngineBusy(Exception):
-    """The engine has no room for another job right now (maps to 429 with Retry-After)."""
-
-
-class EngineClosed(Exception):
-    """The engine has shut down (maps to 503)."""
 
 
 @dataclass(frozen=True)

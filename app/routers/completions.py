@@ -10,7 +10,7 @@ from app.disconnect import unless_client_leaves
 from app.protocol.common import event_stream_response
 from app.protocol.completions import CompletionRequest, CompletionResponse
 from app.serving import completions as serving
-from app.serving.render import event_source
+from app.sse import event_source
 
 router = APIRouter(prefix="/v1", tags=["completions"])
 

@@ -11,7 +11,7 @@ from app.protocol.common import event_stream_response
 from app.protocol.generate import GenerateRequest, GenerateResponse, NextTokenRequest, NextTokenResponse
 from app.serving import beam
 from app.serving import generate as serving
-from app.serving.render import event_source
+from app.sse import event_source
 
 router = APIRouter(prefix="/v1", tags=["generate"])
 

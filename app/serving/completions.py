@@ -25,7 +25,7 @@ import math
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from app.engine import FeedResult, Generation, GenerationResult, GenerationSettings, TokenEvent, Top
 from app.errors import InvalidRequest
@@ -472,8 +472,8 @@ class CompletionStream:
             closing.append({"data": _response(self.prepared, [], usage).model_dump_json()})
         return [*closing, {"data": "[DONE]"}]
 
-    def error(self, error_type: str, message: str) -> Event:
-        return {"data": json.dumps({"error": {"type": error_type, "message": message}})}
+    def error(self, body: dict[str, Any]) -> Event:
+        return {"data": json.dumps(body)}
 
     def _chunk(self, index: int, text: str, logprobs: CompletionLogprobs | None, finish: FinishReason | None) -> Event:
         choice = CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=finish)

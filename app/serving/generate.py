@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -91,13 +92,8 @@ class NativeStream:
         )
         return [{"event": "done", "data": done.model_dump_json()}]
 
-    def error(self, error_type: str, message: str) -> Event:
-        return error_event(error_type, message)
-
-
-def error_event(error_type: str, message: str) -> Event:
-    """The named `error` event of the native streams."""
-    return {"event": "error", "data": json.dumps({"error": {"type": error_type, "message": message}})}
+    def error(self, body: dict[str, Any]) -> Event:
+        return {"event": "error", "data": json.dumps(body)}
 
 
 async def next_token(models: ModelRegistry, settings: Settings, request: NextTokenRequest) -> NextTokenResponse:

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import torch
 
-from app.engine import Engine, EngineBusy, GenerationSettings
+from app.engine import Engine, GenerationSettings
+from app.errors import EngineBusy
 from model.checkpoint import Checkpoint
 from model.inference import SamplingParams
 from tests.factories import char_tokenizer, tiny_model
