@@ -51,6 +51,10 @@ class CompletionRequest(BaseModel):
     user: str | None = Field(default=None, description="accepted and ignored (OpenAI's end-user label)")
 
 
+# OpenAI's finish reasons: the engine's `eos` (a word model generated <eos>) is reported as `stop`.
+CompletionFinishReason = Literal["length", "stop"]
+
+
 class CompletionLogprobs(BaseModel):
     tokens: list[str]
     token_logprobs: list[float | None]
@@ -62,7 +66,7 @@ class CompletionChoice(BaseModel):
     index: int
     text: str
     logprobs: CompletionLogprobs | None
-    finish_reason: Literal["length", "stop"] | None
+    finish_reason: CompletionFinishReason | None
 
 
 class CompletionResponse(BaseModel):

@@ -25,12 +25,18 @@ import math
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from app.engine import FeedResult, Generation, GenerationResult, GenerationSettings, TokenEvent, Top
 from app.errors import InvalidRequest
 from app.protocol.common import SamplingFields, Usage
-from app.protocol.completions import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse
+from app.protocol.completions import (
+    CompletionChoice,
+    CompletionFinishReason,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+)
 from app.protocol.fill import FillRequest
 from app.registry import ModelRegistry, ServedModel
 from app.serving.fill import fill
@@ -42,7 +48,6 @@ from model.tokenizer import Tokenizer
 
 SUFFIX_GAP = "\x00"  # the gap marker of a suffix completion (never in a text by accident)
 MIN_SHARED_PREFIX = 2  # tokens worth a feed of their own
-FinishReason = Literal["length", "stop"]
 
 
 @dataclass(frozen=True)
@@ -364,7 +369,7 @@ def _response(prepared: PreparedCompletion, choices: list[CompletionChoice], usa
     )
 
 
-def _finish(result: GenerationResult) -> FinishReason:
+def _finish(result: GenerationResult) -> CompletionFinishReason:
     return "length" if result.finish_reason == "length" else "stop"
 
 
@@ -475,6 +480,8 @@ class CompletionStream:
     def error(self, body: dict[str, Any]) -> Event:
         return {"data": json.dumps(body)}
 
-    def _chunk(self, index: int, text: str, logprobs: CompletionLogprobs | None, finish: FinishReason | None) -> Event:
+    def _chunk(
+        self, index: int, text: str, logprobs: CompletionLogprobs | None, finish: CompletionFinishReason | None
+    ) -> Event:
         choice = CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=finish)
         return {"data": _response(self.prepared, [choice], None).model_dump_json()}
