@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from app.engine import BeamRun, finite
 from app.errors import InvalidRequest, LimitExceeded
+from app.protocol.common import SAMPLING_FIELDS
 from app.protocol.generate import BeamSummary, GeneratedToken, GenerateRequest, GenerateResponse
 from app.registry import ModelRegistry
 from app.serving.generate import PreparedGeneration, prepare_generation
@@ -17,15 +18,9 @@ from model.beam_search import BeamSettings, Hypothesis
 
 # ---- /v1/generate with beam_width > 1 ------------------------------------------------
 
-SAMPLING_DEFAULTS = {
-    "temperature": 1.0,
-    "top_k": 0,
-    "top_p": 1.0,
-    "min_p": 0.0,
-    "repetition_penalty": 1.0,
-    "presence_penalty": 0.0,
-    "frequency_penalty": 0.0,
-}
+# What a beam search honours of the sampling fields; every other one in use is refused.
+BEAM_HONOURS = ("max_tokens", "stop_at_eos")
+BEAM_CONFLICTS = (*(name for name in SAMPLING_FIELDS if name not in BEAM_HONOURS), "stream")
 
 
 def check_beam_request(settings: Settings, request: GenerateRequest) -> None:
@@ -39,9 +34,7 @@ def check_beam_request(settings: Settings, request: GenerateRequest) -> None:
             f"beam_width={request.beam_width} is more than max_beam_width={settings.max_beam_width}",
             limit="max_beam_width",
         )
-    conflicts = [name for name, default in SAMPLING_DEFAULTS.items() if getattr(request, name) != default]
-    conflicts += [name for name in ("stream", "seed", "stop", "logit_bias") if getattr(request, name)]
-    conflicts += ["logprobs"] if request.logprobs else []
+    conflicts = request.fields_in_use(BEAM_CONFLICTS)
     if conflicts:
         raise InvalidRequest(
             f"beam_width={request.beam_width} (beam search) cannot be combined with {', '.join(conflicts)}: "

@@ -29,7 +29,7 @@ from typing import Any
 
 from app.engine import FeedResult, Generation, GenerationResult, GenerationSettings, TokenEvent, Top
 from app.errors import InvalidRequest
-from app.protocol.common import SamplingFields, Usage
+from app.protocol.common import SAMPLING_FIELDS, Usage
 from app.protocol.completions import (
     CompletionChoice,
     CompletionFinishReason,
@@ -107,21 +107,7 @@ def prepare_completion(models: ModelRegistry, settings: Settings, request: Compl
             raise InvalidRequest("echo with logprobs (prompt scoring) is not streamed; send stream=false", field="echo")
     if request.suffix is not None:
         _check_suffix(models, served, request, prompts)
-    fields = SamplingFields(
-        max_tokens=request.max_tokens,
-        temperature=request.temperature,
-        top_k=request.top_k,
-        top_p=request.top_p,
-        min_p=request.min_p,
-        repetition_penalty=request.repetition_penalty,
-        presence_penalty=request.presence_penalty,
-        frequency_penalty=request.frequency_penalty,
-        logit_bias=request.logit_bias,
-        stop=request.stop,
-        seed=request.seed,
-        logprobs=request.logprobs or 0,
-    )
-    plans = [generation_settings(settings, served, fields, p.ids, request.min_tokens) for p in prompts]
+    plans = [generation_settings(settings, served, request, p.ids, request.min_tokens) for p in prompts]
     return PreparedCompletion(
         request, models, served, prompts, plans, f"cmpl-{uuid.uuid4().hex}", int(time.time()), settings
     )
@@ -182,7 +168,14 @@ def _offsets_in(text: str, surfaces: list[str]) -> list[int]:
 
 # ---- suffix: fill the middle ------------------------------------------------------------
 
-SUFFIX_CONFLICTS = {"stream": False, "echo": False, "logprobs": None, "best_of": None, "logit_bias": None}
+# What a fill cannot honour: every sampling field but max_tokens, and the sampling-only extras of a completion.
+SUFFIX_CONFLICTS = (
+    *(name for name in SAMPLING_FIELDS if name != "max_tokens"),
+    "min_tokens",
+    "stream",
+    "echo",
+    "best_of",
+)
 
 
 def _check_suffix(
@@ -196,20 +189,7 @@ def _check_suffix(
             "(train one with --direction backward; see docs/api.md#fill)",
             field="suffix",
         )
-    conflicts = [name for name, default in SUFFIX_CONFLICTS.items() if getattr(request, name) != default]
-    sampling = (
-        "temperature",
-        "top_p",
-        "top_k",
-        "min_p",
-        "repetition_penalty",
-        "presence_penalty",
-        "frequency_penalty",
-        "min_tokens",
-        "seed",
-        "stop",
-    )
-    conflicts += [name for name in sampling if name in request.model_fields_set]
+    conflicts = request.fields_in_use(SUFFIX_CONFLICTS)
     if len(prompts) > 1:
         conflicts.append("prompt (a list)")
     if conflicts:
