@@ -7,7 +7,7 @@ like any other generation.
 
 from __future__ import annotations
 
-from app.engine import BeamRun, finite
+from app.engine import finite
 from app.errors import InvalidRequest, LimitExceeded
 from app.protocol.common import SAMPLING_FIELDS
 from app.protocol.generate import BeamSummary, GeneratedToken, GenerateRequest, GenerateResponse
@@ -57,10 +57,16 @@ def prepare_beam(
     )
 
 
-def start_beam(prepared: PreparedGeneration, search: BeamSettings) -> BeamRun:
-    """Admit the search to the engine (EngineBusy when full); the prompt is fed first."""
+async def search(models: ModelRegistry, settings: Settings, request: GenerateRequest) -> GenerateResponse:
+    """The whole answer: the request checked, the search admitted (EngineBusy when full) and run."""
+    prepared, beam = prepare_beam(models, settings, request)
     engine = prepared.served.engine
-    return engine.beam(engine.fresh(), search, prepared.prompt_ids)
+    run = engine.beam(engine.fresh(), beam, prepared.prompt_ids)
+    try:
+        hypotheses = await run.hypotheses()
+    finally:
+        run.cancel()  # a no-op once answered; stops the search when this is cancelled (a client gone)
+    return beam_response(prepared, beam, hypotheses)
 
 
 def beam_response(prepared: PreparedGeneration, search: BeamSettings, hypotheses: list[Hypothesis]) -> GenerateResponse:

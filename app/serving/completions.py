@@ -239,7 +239,9 @@ class PromptOutcome:
     fed_top: list[Top]
 
 
-async def complete(prepared: PreparedCompletion) -> CompletionResponse:
+async def complete(models: ModelRegistry, settings: Settings, request: CompletionRequest) -> CompletionResponse:
+    """The whole answer: the request checked, admitted (EngineBusy when full) and generated."""
+    prepared = prepare_completion(models, settings, request)
     if prepared.request.suffix is not None:
         return await _complete_suffix(prepared)
     engine = prepared.served.engine
@@ -410,10 +412,14 @@ def _join(first: CompletionLogprobs, second: CompletionLogprobs) -> CompletionLo
 # ---- the stream -------------------------------------------------------------------------
 
 
-def start_stream(prepared: PreparedCompletion) -> Generation:
-    """Admit the one prompt's n choices (EngineBusy when full), before the stream opens."""
+def start_stream(
+    models: ModelRegistry, settings: Settings, request: CompletionRequest
+) -> tuple[Generation, CompletionStream]:
+    """Check the request and admit the one prompt's n choices (EngineBusy when full), before the stream opens."""
+    prepared = prepare_completion(models, settings, request)
     engine, prompt = prepared.served.engine, prepared.prompts[0]
-    return engine.generate(engine.fresh(), prepared.plans[0], prompt.ids, n=prepared.request.n)
+    generation = engine.generate(engine.fresh(), prepared.plans[0], prompt.ids, n=prepared.request.n)
+    return generation, CompletionStream(prepared)
 
 
 class CompletionStream:
