@@ -27,8 +27,6 @@ from app.engine.beam import BeamRun
 from app.engine.engine import Engine
 from app.engine.sampled import Generation
 from app.engine.types import (
-    EngineBusy,
-    EngineClosed,
     FeedResult,
     FinishReason,
     GenerationResult,
@@ -44,8 +42,6 @@ from app.engine.types import (
 __all__ = [
     "BeamRun",
     "Engine",
-    "EngineBusy",
-    "EngineClosed",
     "FeedResult",
     "FinishReason",
     "Generation",

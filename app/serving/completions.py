@@ -25,12 +25,18 @@ import math
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any
 
 from app.engine import FeedResult, Generation, GenerationResult, GenerationSettings, TokenEvent, Top
 from app.errors import InvalidRequest
-from app.protocol.common import SamplingFields, Usage
-from app.protocol.completions import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse
+from app.protocol.common import SAMPLING_FIELDS, Usage
+from app.protocol.completions import (
+    CompletionChoice,
+    CompletionFinishReason,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+)
 from app.protocol.fill import FillRequest
 from app.registry import ModelRegistry, ServedModel
 from app.serving.fill import fill
@@ -42,7 +48,6 @@ from model.tokenizer import Tokenizer
 
 SUFFIX_GAP = "\x00"  # the gap marker of a suffix completion (never in a text by accident)
 MIN_SHARED_PREFIX = 2  # tokens worth a feed of their own
-FinishReason = Literal["length", "stop"]
 
 
 @dataclass(frozen=True)
@@ -102,21 +107,7 @@ def prepare_completion(models: ModelRegistry, settings: Settings, request: Compl
             raise InvalidRequest("echo with logprobs (prompt scoring) is not streamed; send stream=false", field="echo")
     if request.suffix is not None:
         _check_suffix(models, served, request, prompts)
-    fields = SamplingFields(
-        max_tokens=request.max_tokens,
-        temperature=request.temperature,
-        top_k=request.top_k,
-        top_p=request.top_p,
-        min_p=request.min_p,
-        repetition_penalty=request.repetition_penalty,
-        presence_penalty=request.presence_penalty,
-        frequency_penalty=request.frequency_penalty,
-        logit_bias=request.logit_bias,
-        stop=request.stop,
-        seed=request.seed,
-        logprobs=request.logprobs or 0,
-    )
-    plans = [generation_settings(settings, served, fields, p.ids, request.min_tokens) for p in prompts]
+    plans = [generation_settings(settings, served, request, p.ids, request.min_tokens) for p in prompts]
     return PreparedCompletion(
         request, models, served, prompts, plans, f"cmpl-{uuid.uuid4().hex}", int(time.time()), settings
     )
@@ -177,7 +168,14 @@ def _offsets_in(text: str, surfaces: list[str]) -> list[int]:
 
 # ---- suffix: fill the middle ------------------------------------------------------------
 
-SUFFIX_CONFLICTS = {"stream": False, "echo": False, "logprobs": None, "best_of": None, "logit_bias": None}
+# What a fill cannot honour: every sampling field but max_tokens, and the sampling-only extras of a completion.
+SUFFIX_CONFLICTS = (
+    *(name for name in SAMPLING_FIELDS if name != "max_tokens"),
+    "min_tokens",
+    "stream",
+    "echo",
+    "best_of",
+)
 
 
 def _check_suffix(
@@ -191,20 +189,7 @@ def _check_suffix(
             "(train one with --direction backward; see docs/api.md#fill)",
             field="suffix",
         )
-    conflicts = [name for name, default in SUFFIX_CONFLICTS.items() if getattr(request, name) != default]
-    sampling = (
-        "temperature",
-        "top_p",
-        "top_k",
-        "min_p",
-        "repetition_penalty",
-        "presence_penalty",
-        "frequency_penalty",
-        "min_tokens",
-        "seed",
-        "stop",
-    )
-    conflicts += [name for name in sampling if name in request.model_fields_set]
+    conflicts = request.fields_in_use(SUFFIX_CONFLICTS)
     if len(prompts) > 1:
         conflicts.append("prompt (a list)")
     if conflicts:
@@ -254,7 +239,9 @@ class PromptOutcome:
     fed_top: list[Top]
 
 
-async def complete(prepared: PreparedCompletion) -> CompletionResponse:
+async def complete(models: ModelRegistry, settings: Settings, request: CompletionRequest) -> CompletionResponse:
+    """The whole answer: the request checked, admitted (EngineBusy when full) and generated."""
+    prepared = prepare_completion(models, settings, request)
     if prepared.request.suffix is not None:
         return await _complete_suffix(prepared)
     engine = prepared.served.engine
@@ -364,7 +351,7 @@ def _response(prepared: PreparedCompletion, choices: list[CompletionChoice], usa
     )
 
 
-def _finish(result: GenerationResult) -> FinishReason:
+def _finish(result: GenerationResult) -> CompletionFinishReason:
     return "length" if result.finish_reason == "length" else "stop"
 
 
@@ -425,10 +412,14 @@ def _join(first: CompletionLogprobs, second: CompletionLogprobs) -> CompletionLo
 # ---- the stream -------------------------------------------------------------------------
 
 
-def start_stream(prepared: PreparedCompletion) -> Generation:
-    """Admit the one prompt's n choices (EngineBusy when full), before the stream opens."""
+def start_stream(
+    models: ModelRegistry, settings: Settings, request: CompletionRequest
+) -> tuple[Generation, CompletionStream]:
+    """Check the request and admit the one prompt's n choices (EngineBusy when full), before the stream opens."""
+    prepared = prepare_completion(models, settings, request)
     engine, prompt = prepared.served.engine, prepared.prompts[0]
-    return engine.generate(engine.fresh(), prepared.plans[0], prompt.ids, n=prepared.request.n)
+    generation = engine.generate(engine.fresh(), prepared.plans[0], prompt.ids, n=prepared.request.n)
+    return generation, CompletionStream(prepared)
 
 
 class CompletionStream:
@@ -472,9 +463,11 @@ class CompletionStream:
             closing.append({"data": _response(self.prepared, [], usage).model_dump_json()})
         return [*closing, {"data": "[DONE]"}]
 
-    def error(self, error_type: str, message: str) -> Event:
-        return {"data": json.dumps({"error": {"type": error_type, "message": message}})}
+    def error(self, body: dict[str, Any]) -> Event:
+        return {"data": json.dumps(body)}
 
-    def _chunk(self, index: int, text: str, logprobs: CompletionLogprobs | None, finish: FinishReason | None) -> Event:
+    def _chunk(
+        self, index: int, text: str, logprobs: CompletionLogprobs | None, finish: CompletionFinishReason | None
+    ) -> Event:
         choice = CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=finish)
         return {"data": _response(self.prepared, [choice], None).model_dump_json()}
