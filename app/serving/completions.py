@@ -29,7 +29,7 @@ from typing import Any
 
 from app.engine import FeedResult, Generation, GenerationResult, GenerationSettings, TokenEvent, Top
 from app.errors import InvalidRequest
-from app.protocol.common import SAMPLING_FIELDS, Usage
+from app.protocol.common import Usage
 from app.protocol.completions import (
     CompletionChoice,
     CompletionFinishReason,
@@ -37,17 +37,14 @@ from app.protocol.completions import (
     CompletionRequest,
     CompletionResponse,
 )
-from app.protocol.fill import FillRequest
 from app.registry import ModelRegistry, ServedModel
-from app.serving.fill import fill
+from app.serving.completion_suffix import check_suffix, fill_middle
 from app.serving.limits import check_count, check_logprobs, check_text
 from app.serving.render import Choice, Event, collect
 from app.serving.sampling import generation_settings
+from app.serving.shared_prefixes import prefix_groups
 from app.settings import Settings
 from model.tokenizer import Tokenizer
-
-SUFFIX_GAP = "\x00"  # the gap marker of a suffix completion (never in a text by accident)
-MIN_SHARED_PREFIX = 2  # tokens worth a feed of their own
 
 
 @dataclass(frozen=True)
@@ -106,7 +103,7 @@ def prepare_completion(models: ModelRegistry, settings: Settings, request: Compl
         if request.echo and request.logprobs is not None:
             raise InvalidRequest("echo with logprobs (prompt scoring) is not streamed; send stream=false", field="echo")
     if request.suffix is not None:
-        _check_suffix(models, served, request, prompts)
+        check_suffix(models, served, request, len(prompts), prompts[0].text)
     plans = [generation_settings(settings, served, request, p.ids, request.min_tokens) for p in prompts]
     return PreparedCompletion(
         request, models, served, prompts, plans, f"cmpl-{uuid.uuid4().hex}", int(time.time()), settings
@@ -166,67 +163,6 @@ def _offsets_in(text: str, surfaces: list[str]) -> list[int]:
     return offsets
 
 
-# ---- suffix: fill the middle ------------------------------------------------------------
-
-# What a fill cannot honour: every sampling field but max_tokens, and the sampling-only extras of a completion.
-SUFFIX_CONFLICTS = (
-    *(name for name in SAMPLING_FIELDS if name != "max_tokens"),
-    "min_tokens",
-    "stream",
-    "echo",
-    "best_of",
-)
-
-
-def _check_suffix(
-    models: ModelRegistry, served: ServedModel, request: CompletionRequest, prompts: list[Prompt]
-) -> None:
-    """A suffix is filled by /v1/fill's search, which needs a backward partner and does not sample."""
-    partner = models.pairs.partner(served.id)
-    if partner is None or served.checkpoint.direction != "forward":
-        raise InvalidRequest(
-            f"suffix needs a backward partner of model {served.id!r} to fill the middle, and none is loaded "
-            "(train one with --direction backward; see docs/api.md#fill)",
-            field="suffix",
-        )
-    conflicts = request.fields_in_use(SUFFIX_CONFLICTS)
-    if len(prompts) > 1:
-        conflicts.append("prompt (a list)")
-    if conflicts:
-        raise InvalidRequest(
-            f"suffix (filling the middle, a search over both directions) cannot be combined with "
-            f"{', '.join(conflicts)}",
-            field="suffix",
-            conflicts=conflicts,
-        )
-    if served.level == "word" and (prompts[0].text[-1:].strip() or (request.suffix or "")[:1].strip()):
-        raise InvalidRequest(
-            "a word model fills one whole word: end the prompt and start the suffix with whitespace", field="suffix"
-        )
-
-
-async def _complete_suffix(prepared: PreparedCompletion) -> CompletionResponse:
-    request, prompt = prepared.request, prepared.prompts[0]
-    max_chars = min(max(request.max_tokens, 1), prepared.settings.max_fill_chars)
-    answer = await fill(
-        prepared.models,
-        prepared.settings,
-        FillRequest(
-            model=prepared.served.id,
-            text=prompt.text + SUFFIX_GAP + (request.suffix or ""),
-            gap=SUFFIX_GAP,
-            top_k=request.n,
-            max_chars=max_chars if prepared.served.level == "char" else None,
-        ),
-    )
-    choices = [
-        CompletionChoice(index=index, text=candidate.text, logprobs=None, finish_reason="stop")
-        for index, candidate in enumerate(answer.candidates)
-    ]
-    generated = sum(len(candidate.token_ids) for candidate in answer.candidates)
-    return _response(prepared, choices, prepared.usage(generated))
-
-
 # ---- whole answers ----------------------------------------------------------------------
 
 
@@ -243,7 +179,9 @@ async def complete(models: ModelRegistry, settings: Settings, request: Completio
     """The whole answer: the request checked, admitted (EngineBusy when full) and generated."""
     prepared = prepare_completion(models, settings, request)
     if prepared.request.suffix is not None:
-        return await _complete_suffix(prepared)
+        text = prepared.prompts[0].text
+        filled, generated = await fill_middle(prepared.models, prepared.settings, prepared.served, request, text)
+        return _response(prepared, filled, prepared.usage(generated))
     engine = prepared.served.engine
     ids = [prompt.ids for prompt in prepared.prompts]
     groups = prefix_groups(ids) if prepared.settings.share_prefixes else [([], [i]) for i in range(len(ids))]
@@ -284,35 +222,6 @@ async def complete(models: ModelRegistry, settings: Settings, request: Completio
         for rank, choice in enumerate(_best(prompt_choices, prepared.request.n)):
             choices.append(_choice(prepared, index * prepared.request.n + rank, prompt, outcome, choice))
     return _response(prepared, choices, prepared.usage(generated))
-
-
-def prefix_groups(prompts: list[list[int]]) -> list[tuple[list[int], list[int]]]:
-    """Prompts grouped by a shared prefix worth feeding once: (prefix, member indices), in sorted order.
-
-    Sorted prompts put those with a common start side by side; a prompt joins the group
-    before it while their common prefix keeps at least half of the group's, so one
-    context with several continuations (multiple choice) shares the whole context.
-    """
-    groups: list[tuple[list[int], list[int]]] = []
-    for index in sorted(range(len(prompts)), key=lambda i: prompts[i]):
-        ids = prompts[index]
-        if groups:
-            prefix, members = groups[-1]
-            common = _common_length(prefix, ids)
-            if common >= MIN_SHARED_PREFIX and 2 * common >= len(prefix):
-                groups[-1] = (prefix[:common], [*members, index])
-                continue
-        groups.append((ids, [index]))
-    return [(prefix if len(members) > 1 else [], members) for prefix, members in groups]
-
-
-def _common_length(a: list[int], b: list[int]) -> int:
-    length = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        length += 1
-    return length
 
 
 def _best(choices: list[Choice], n: int) -> list[Choice]:
