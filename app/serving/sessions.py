@@ -47,6 +47,7 @@ from app.serving.generate import NativeStream, generated_token, next_token_respo
 from app.serving.limits import check_text, check_top_k
 from app.serving.render import Choice, Event, collect
 from app.serving.sampling import generation_settings
+from app.serving.session_transfer import export_session, read_export
 from app.session_codec import SessionCodecError, SessionRecord, decode_session, encode_session
 from app.session_store import EmbeddedRedis, RedisSessionStore, SessionStore, VersionConflict
 from app.settings import Settings
@@ -210,6 +211,31 @@ class SessionService:
         fork_id = new_session_id()
         version = await self._put(fork_id, record, 0)
         return session_info(fork_id, record, version, ttl)
+
+    async def export(self, session_id: str, owner: str | None = None) -> bytes:
+        """The session as one safetensors file (app/serving/session_transfer.py)."""
+        session = await self._load(session_id, model=None, expected_version=None, owner=owner)
+        return export_session(session.record, session.served)
+
+    async def import_file(
+        self, data: bytes, model: str | None = None, ttl: float | None = None, owner: str | None = None
+    ) -> SessionInfo:
+        """A new session from an exported file, for `model` (default: the file's); 409 for other weights."""
+        exported = read_export(data)
+        served = self.models.get(model or exported.model)
+        if served.sha256 != exported.checkpoint_sha256:
+            raise SessionConflict(
+                f"the session was computed with checkpoint sha256 {exported.checkpoint_sha256}, but model "
+                f"{served.id!r} here has sha256 {served.sha256}: a state fits only the weights that made it",
+                reason="checkpoint",
+                file_sha256=exported.checkpoint_sha256,
+                model_sha256=served.sha256,
+            )
+        ttl = self._ttl(ttl, self.settings.session_ttl)
+        record = exported.record(served, ttl, time.time(), owner, keep=self.settings.session_history_tokens)
+        session_id = new_session_id()
+        version = await self._put(session_id, record, 0)
+        return session_info(session_id, record, version, ttl)
 
     async def start_generation(
         self, session_id: str, request: SessionGenerateRequest, owner: str | None = None
