@@ -85,7 +85,7 @@ def export_session(record: SessionRecord, served: ServedModel) -> bytes:
         "token_count": str(record.token_count),
         "pending_text": record.pending_text,
     }
-    return save(tensors, metadata=metadata)
+    return _sorted_header(save(tensors, metadata=metadata))
 
 
 def read_export(data: bytes) -> SessionExport:
@@ -157,6 +157,20 @@ def _state(tensors: dict[str, Tensor], cell: str) -> tuple[Tensor, ...]:
             raise _invalid(f"tensor {name!r} holds NaN or infinity")
         state.append(tensor)
     return tuple(state)
+
+
+def _sorted_header(data: bytes) -> bytes:
+    """The file with its header's keys sorted, so one session always exports the same bytes.
+
+    safetensors writes the metadata in hash-map order, which differs from call to call.
+    Sorting the keys of compact JSON keeps its length, so the padding and every tensor's
+    offsets stay as they are; should the length differ, the file is left as written.
+    """
+    (length,) = struct.unpack_from("<Q", data)
+    header = data[8 : 8 + length]
+    text = json.dumps(json.loads(header), sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+    padded = text.ljust(length)  # safetensors pads the header with spaces to 8-byte alignment
+    return data[:8] + padded + data[8 + length :] if len(padded) == length else data
 
 
 def file_metadata(data: bytes) -> dict[str, str]:

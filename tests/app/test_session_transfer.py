@@ -82,6 +82,8 @@ async def test_the_export_is_a_plain_safetensors_file(client: httpx.AsyncClient,
     assert response.headers["content-type"] == "application/octet-stream"
     assert response.headers["content-disposition"] == f'attachment; filename="{session}.safetensors"'
     assert response.content[8:9] == b"{"  # a JSON header, no pickle opcode anywhere
+    for _ in range(3):  # the same session, the same bytes (safetensors alone orders the metadata at random)
+        assert (await call(client, "GET", f"/v1/sessions/{session}/export")).content == response.content
     metadata = file_metadata(response.content)
     assert metadata == {
         "format": "rnnlm-session",
