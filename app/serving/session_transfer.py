@@ -98,7 +98,8 @@ def read_export(data: bytes) -> SessionExport:
         raise _invalid(f"the body is not a safetensors file ({exc})") from exc
     metadata = file_metadata(data)
     if metadata.get("format") != FORMAT:
-        raise _invalid(f"metadata 'format' is {metadata.get('format')!r}, not {FORMAT!r}: not a session file")
+        found = "no 'format' metadata" if "format" not in metadata else f"'format' {metadata['format']!r}"
+        raise _invalid(f"a safetensors file with {found}, not {FORMAT!r}: not a session file")
     if metadata.get("format_version") != FORMAT_VERSION:
         raise _invalid(
             f"session file format_version {metadata.get('format_version')!r} is not supported "

@@ -222,6 +222,13 @@ class SessionService:
     ) -> SessionInfo:
         """A new session from an exported file, for `model` (default: the file's); 409 for other weights."""
         exported = read_export(data)
+        if model is None and exported.model not in self.models.models:
+            known = ", ".join(sorted(self.models.models))
+            raise NotFound(
+                f"the session file's model {exported.model!r} is not loaded here (loaded: {known}); "
+                "to continue it with another model of the same weights, name it: ?model=ID",
+                model=exported.model,
+            )
         served = self.models.get(model or exported.model)
         if served.sha256 != exported.checkpoint_sha256:
             raise SessionConflict(

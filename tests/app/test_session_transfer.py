@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,23 @@ async def test_another_checkpoint_is_refused_naming_both_checksums(
     response = await call(client, "POST", "/v1/sessions/import?model=word", 409, content=data, headers=OCTETS)
     assert response.json()["error"]["reason"] == "checkpoint"
     assert session_keys(redis_url) == before
+
+
+async def test_the_same_weights_under_another_name_are_named_with_model(
+    make_client: ClientFactory, client: httpx.AsyncClient, models_dir: Path, tmp_path: Path
+) -> None:
+    original, data = await exported(client, "char", "hello wo")
+    shutil.copytree(models_dir / "char", tmp_path / "renamed")  # another deployment's name for the same weights
+    async with make_client(models_dir=tmp_path) as other:
+        missing = await call(other, "POST", "/v1/sessions/import", 404, content=data, headers=OCTETS)
+        assert "'char' is not loaded here (loaded: renamed)" in missing.json()["error"]["message"]
+        assert "?model=" in missing.json()["error"]["message"]
+        path = "/v1/sessions/import?model=renamed"
+        imported = (await call(other, "POST", path, 201, content=data, headers=OCTETS)).json()
+        assert imported["model"] == "renamed"
+        there = await call(other, "POST", f"/v1/sessions/{imported['id']}/generate", json=SAMPLING)
+    here = await call(client, "POST", f"/v1/sessions/{original}/generate", json=SAMPLING)
+    assert there.json()["text"] == here.json()["text"]
 
 
 def nan_state(data: bytes) -> bytes:
