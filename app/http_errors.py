@@ -141,11 +141,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    """The methods the API publishes for this path (from the OpenAPI schema, which sees every router)."""
+    """The methods the API publishes for this path (from the OpenAPI schema, which sees every router).
+
+    As OpenAPI matches paths, a concrete path (`/v1/sessions/import`) wins over a templated one
+    that also matches it (`/v1/sessions/{session_id}`).
+    """
+    paths: dict[str, dict[str, Any]] = request.app.openapi().get("paths", {})
+    matching = [template for template in paths if compile_path(template)[0].match(request.url.path)]
+    concrete = [template for template in matching if "{" not in template]
     methods: set[str] = set()
-    for template, operations in request.app.openapi().get("paths", {}).items():
-        if compile_path(template)[0].match(request.url.path):
-            methods |= {method.upper() for method in operations}
+    for template in concrete or matching:
+        methods |= {method.upper() for method in paths[template]}
     return sorted(methods | ({"HEAD"} if "GET" in methods else set()))
 
 

@@ -216,6 +216,8 @@ async def test_framing_model_and_ttl_are_checked_before_anything_is_created(
         refused = await call(client, "POST", path, 415, content=data, headers={"Content-Type": content_type})
         assert "application/octet-stream" in refused.json()["error"]["message"]
     await call(client, "POST", path, 415, json={"session": "x"})
+    # The concrete path is its own resource, not a session id: only POST is allowed there.
+    assert (await call(client, "OPTIONS", path, 405)).headers["allow"] == "POST"
     await call(client, "POST", path + "?model=nope", 404, content=data, headers=OCTETS)
     await call(client, "POST", path + "?ttl=0", 422, content=data, headers=OCTETS)
     over = await call(client, "POST", path + "?ttl=1e9", 422, content=data, headers=OCTETS)
