@@ -8,8 +8,8 @@ The file holds what a session needs to continue exactly as it would have:
     metadata  format, format_version, model, checkpoint_sha256, level, cell,
               pending_id, token_count, pending_text (all strings, as safetensors has them)
 
-The state is valid only for the weights it was computed with, so an import names the
-checkpoint's sha256 and is refused (409, by the caller) on a server whose weights differ.
+The state is valid only for the weights it was computed with, so the file names the
+checkpoint's sha256 and an import is refused (409) by a model whose weights differ.
 Not exported: the owner (an imported session belongs to the key that imports it), the TTL
 (the importing server's) and the timestamps. Reading checks every tensor, dtype, shape
 and field before anything is created, and never unpickles: safetensors is a JSON header
@@ -27,8 +27,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import Tensor
 
-from app.errors import InvalidRequest
-from app.registry import ServedModel
+from app.errors import InvalidRequest, NotFound, SessionConflict
+from app.registry import ModelRegistry, ServedModel
 from app.session_codec import DTYPE_NAMES, SessionRecord
 
 FORMAT = "rnnlm-session"
@@ -118,6 +118,27 @@ def read_export(data: bytes) -> SessionExport:
         pending_text=metadata.get("pending_text", ""),
         history=tuple(history.tolist()),
     )
+
+
+def importing_model(export: SessionExport, models: ModelRegistry, model: str | None) -> ServedModel:
+    """The model to continue the file's session: `model`, else the file's; 409 unless its weights made the state."""
+    if model is None and export.model not in models.models:
+        known = ", ".join(sorted(models.models))
+        raise NotFound(
+            f"the session file's model {export.model!r} is not loaded here (loaded: {known}); "
+            "to continue it with another model of the same weights, name it: ?model=ID",
+            model=export.model,
+        )
+    served = models.get(model or export.model)
+    if served.sha256 != export.checkpoint_sha256:
+        raise SessionConflict(
+            f"the session was computed with checkpoint sha256 {export.checkpoint_sha256}, but model "
+            f"{served.id!r} here has sha256 {served.sha256}: a state fits only the weights that made it",
+            reason="checkpoint",
+            file_sha256=export.checkpoint_sha256,
+            model_sha256=served.sha256,
+        )
+    return served
 
 
 def check_fits(export: SessionExport, served: ServedModel) -> None:

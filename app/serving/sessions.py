@@ -47,7 +47,7 @@ from app.serving.generate import NativeStream, generated_token, next_token_respo
 from app.serving.limits import check_text, check_top_k
 from app.serving.render import Choice, Event, collect
 from app.serving.sampling import generation_settings
-from app.serving.session_transfer import export_session, read_export
+from app.serving.session_transfer import export_session, importing_model, read_export
 from app.session_codec import SessionCodecError, SessionRecord, decode_session, encode_session
 from app.session_store import EmbeddedRedis, RedisSessionStore, SessionStore, VersionConflict
 from app.settings import Settings
@@ -222,22 +222,7 @@ class SessionService:
     ) -> SessionInfo:
         """A new session from an exported file, for `model` (default: the file's); 409 for other weights."""
         exported = read_export(data)
-        if model is None and exported.model not in self.models.models:
-            known = ", ".join(sorted(self.models.models))
-            raise NotFound(
-                f"the session file's model {exported.model!r} is not loaded here (loaded: {known}); "
-                "to continue it with another model of the same weights, name it: ?model=ID",
-                model=exported.model,
-            )
-        served = self.models.get(model or exported.model)
-        if served.sha256 != exported.checkpoint_sha256:
-            raise SessionConflict(
-                f"the session was computed with checkpoint sha256 {exported.checkpoint_sha256}, but model "
-                f"{served.id!r} here has sha256 {served.sha256}: a state fits only the weights that made it",
-                reason="checkpoint",
-                file_sha256=exported.checkpoint_sha256,
-                model_sha256=served.sha256,
-            )
+        served = importing_model(exported, self.models, model)
         ttl = self._ttl(ttl, self.settings.session_ttl)
         record = exported.record(served, ttl, time.time(), owner, keep=self.settings.session_history_tokens)
         session_id = new_session_id()
