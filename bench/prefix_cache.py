@@ -144,25 +144,53 @@ def run_lm_eval(models: Path, model_id: str, root: Path, args: argparse.Namespac
     tasks = root / "tasks"
     tasks.mkdir()
     write_task(tasks, rows)
-    runs: dict[str, tuple[float, float, dict[tuple[int, int], float]]] = {}
-    for cache_mb in CACHE_SETTINGS:
-        with serve(models, model_id, root / f"lm-eval-{cache_mb}.log", cache_mb, args.torch_threads) as url:
-            runs[cache_mb] = evaluate(url, model_id, tasks)
-            if cache_mb != "0":
-                print(f"/metrics after the run with the cache on: {cache_metrics(url, model_id)}")
-    off, on = runs["0"], runs["64"]
-    difference = max(abs(off[2][key] - on[2][key]) for key in off[2])
     context_words = statistics.mean(len(row["context"].split()) for row in rows)
     print(
         f"\nlm-eval local-completions (defaults: 1 choice per request), {model_id}, {args.items} PTB-valid items x "
         f"{CHOICES} choices, contexts 50-100 words (mean {context_words:.1f}), continuations {args.continuation_words} "
-        f"words; server torch threads {args.torch_threads}, CPU; load {load()}"
+        f"words; server torch threads {args.torch_threads}, CPU"
     )
-    print(f"{'RNNLM_PREFIX_CACHE_MB':>22} | {'items/s requesting':>18} | {'items/s simple_evaluate':>23}")
-    for cache_mb, (requesting, whole, _) in runs.items():
-        print(f"{cache_mb:>22} | {args.items / requesting:>18.2f} | {args.items / whole:>23.2f}")
-    print(f"ratio on / off: {off[0] / on[0]:.2f}x requesting, {off[1] / on[1]:.2f}x simple_evaluate (target >= 2.5x)")
-    print(f"{len(off[2])} logged log-likelihoods; largest |off - on| {difference:.3g}")
+    print(
+        f"{'round':>5} | {'RNNLM_PREFIX_CACHE_MB':>21} | {'items/s requesting':>18} | {'items/s simple_evaluate':>23} | "
+        f"{'server CPU s/item':>17} | load"
+    )
+    logged: dict[str, dict[tuple[int, int], float]] = {}
+    ratios: list[tuple[float, float]] = []
+    for round_ in range(1, args.rounds + 1):
+        # Off and on alternate, so that the load other jobs put on the machine drifts less between them.
+        measured: dict[str, tuple[float, float]] = {}
+        for cache_mb in CACHE_SETTINGS:
+            log = root / f"lm-eval-{cache_mb}-{round_}.log"
+            with serve(models, model_id, log, cache_mb, args.torch_threads) as server:
+                cpu = cpu_seconds(server)
+                requesting, whole, logged[cache_mb] = evaluate(server.url, model_id, tasks)
+                cpu = cpu_seconds(server) - cpu
+                metrics = cache_metrics(server.url, model_id)
+            measured[cache_mb] = (requesting, cpu)
+            print(
+                f"{round_:>5} | {cache_mb:>21} | {args.items / requesting:>18.2f} | {args.items / whole:>23.2f} | "
+                f"{cpu / args.items:>17.3f} | {load()}"
+            )
+            if cache_mb != "0":
+                print(f"{'':>5}   /metrics: {metrics}")
+        (off, off_cpu), (on, on_cpu) = measured["0"], measured["64"]
+        ratios.append((off / on, off_cpu / on_cpu))
+        difference = max(abs(logged["0"][key] - logged["64"][key]) for key in logged["0"])
+        print(
+            f"{'':>5}   ratio on / off: {off / on:.2f}x items/s requesting, {off_cpu / on_cpu:.2f}x server CPU per "
+            f"item (target >= 2.5x); {len(logged['0'])} logged log-likelihoods, largest |off - on| {difference:.3g}"
+        )
+    print(
+        f"median over {args.rounds} round(s): {statistics.median(r for r, _ in ratios):.2f}x items/s, "
+        f"{statistics.median(c for _, c in ratios):.2f}x server CPU per item"
+    )
+
+
+def cpu_seconds(server: ServeProcess) -> float:
+    """User + system CPU seconds the server process has used (Linux /proc; its threads included)."""
+    assert server.process is not None
+    fields = Path(f"/proc/{server.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def run_autocomplete(models: Path, model_id: str, root: Path, args: argparse.Namespace) -> None:
@@ -171,7 +199,8 @@ def run_autocomplete(models: Path, model_id: str, root: Path, args: argparse.Nam
     prefix = words[start : start + args.prefix_words]
     marks = sorted({0, 1, 2, args.prefix_words // 2, args.prefix_words - 2, args.prefix_words - 1})
     for cache_mb in CACHE_SETTINGS:
-        with serve(models, model_id, root / f"autocomplete-{cache_mb}.log", cache_mb, args.torch_threads) as url:
+        with serve(models, model_id, root / f"autocomplete-{cache_mb}.log", cache_mb, args.torch_threads) as server:
+            url = server.url
             fed, seconds = [], []
             with httpx.Client(base_url=url, timeout=120) as client:
                 saved = cache_metrics(url, model_id).get("tokens_saved_total", 0.0)
@@ -246,7 +275,7 @@ def timings(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
 
 
 @contextmanager
-def serve(models: Path, model_id: str, log: Path, cache_mb: str, threads: int) -> Iterator[str]:
+def serve(models: Path, model_id: str, log: Path, cache_mb: str, threads: int) -> Iterator[ServeProcess]:
     """`rnnlm-serve` with its own Redis, the model as default (lm_eval's remote tokenizer names none)."""
     env = {
         "RNNLM_PREFIX_CACHE_MB": cache_mb,
@@ -256,7 +285,7 @@ def serve(models: Path, model_id: str, log: Path, cache_mb: str, threads: int) -
     }
     server = ServeProcess(models, log, env).start(timeout=180)
     try:
-        yield server.url
+        yield server
     finally:
         server.stop()
         if "Traceback" in log.read_text():
@@ -275,6 +304,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", nargs="+", choices=["lm-eval", "autocomplete", "redis"], default=None)
     parser.add_argument("--items", type=int, default=100, help="multiple-choice items")
+    parser.add_argument("--rounds", type=int, default=2, help="lm-eval: off/on pairs, alternating")
     parser.add_argument("--continuation-words", type=int, default=5, help="words per choice")
     parser.add_argument("--prefix-words", type=int, default=200, help="autocomplete: words in the end")
     parser.add_argument("--hidden", type=int, default=650, help="hidden size of the random 2-layer LSTM")
