@@ -36,6 +36,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -106,25 +107,34 @@ def cache_metrics(url: str, model_id: str) -> dict[str, float]:
     return found
 
 
-def evaluate(url: str, model_id: str, tasks: Path) -> tuple[float, float, dict[tuple[int, int], float]]:
-    """(requesting seconds, simple_evaluate seconds, log-likelihood of each (doc, choice))."""
+@dataclass
+class Evaluated:
+    requesting_s: float  # wall time of lm_eval's requests (after its tokenizing)
+    requesting_cpu_s: float  # the server's CPU time meanwhile
+    simple_evaluate_s: float  # the whole simple_evaluate call: tokenizing, metrics and all
+    logged: dict[tuple[int, int], float]  # log-likelihood of each (doc, choice)
+
+
+def evaluate(server: ServeProcess, model_id: str, tasks: Path) -> Evaluated:
     from lm_eval import simple_evaluate
     from lm_eval.api.registry import get_model
     from lm_eval.tasks import TaskManager
 
     # What simple_evaluate builds from model="local-completions" and these model_args (every other one its
-    # default), made here only so that the requesting phase can be timed apart from task loading.
-    lm = get_model("local-completions").create_from_arg_string(f"model={model_id},base_url={url}/v1/completions")
-    requesting = [0.0]
-    loglikelihood = lm.loglikelihood
+    # default), made here only so that the requests can be timed apart from task loading and tokenizing.
+    model_args = f"model={model_id},base_url={server.url}/v1/completions"
+    lm = get_model("local-completions").create_from_arg_string(model_args)
+    requesting = [0.0, 0.0]
+    send = lm._loglikelihood_tokens
 
-    def timed(requests: list[Any], *args: Any, **kwargs: Any) -> list[tuple[float, bool]]:
-        started = time.perf_counter()
-        answers: list[tuple[float, bool]] = loglikelihood(requests, *args, **kwargs)
+    def timed(requests: list[Any], **kwargs: Any) -> list[tuple[float, bool]]:
+        started, cpu = time.perf_counter(), cpu_seconds(server)
+        answers: list[tuple[float, bool]] = send(requests, **kwargs)
         requesting[0] += time.perf_counter() - started
+        requesting[1] += cpu_seconds(server) - cpu
         return answers
 
-    lm.loglikelihood = timed  # type: ignore[method-assign]
+    lm._loglikelihood_tokens = timed  # type: ignore[method-assign]
     task_manager = TaskManager(include_path=str(tasks))  # indexes lm_eval's own tasks too: seconds, not timed
     started = time.perf_counter()
     results = simple_evaluate(model=lm, tasks=["ptb_choice"], task_manager=task_manager, log_samples=True)
@@ -135,7 +145,7 @@ def evaluate(url: str, model_id: str, tasks: Path) -> tuple[float, float, dict[t
         for sample in results["samples"]["ptb_choice"]
         for choice, [(logprob, _is_greedy)] in enumerate(sample["resps"])
     }
-    return requesting[0], whole, logged
+    return Evaluated(requesting[0], requesting[1], whole, logged)
 
 
 def run_lm_eval(models: Path, model_id: str, root: Path, args: argparse.Namespace) -> None:
@@ -162,14 +172,13 @@ def run_lm_eval(models: Path, model_id: str, root: Path, args: argparse.Namespac
         for cache_mb in CACHE_SETTINGS:
             log = root / f"lm-eval-{cache_mb}-{round_}.log"
             with serve(models, model_id, log, cache_mb, args.torch_threads) as server:
-                cpu = cpu_seconds(server)
-                requesting, whole, logged[cache_mb] = evaluate(server.url, model_id, tasks)
-                cpu = cpu_seconds(server) - cpu
+                run = evaluate(server, model_id, tasks)
                 metrics = cache_metrics(server.url, model_id)
-            measured[cache_mb] = (requesting, cpu)
+            logged[cache_mb] = run.logged
+            measured[cache_mb] = (run.requesting_s, run.requesting_cpu_s)
             print(
-                f"{round_:>5} | {cache_mb:>21} | {args.items / requesting:>18.2f} | {args.items / whole:>23.2f} | "
-                f"{cpu / args.items:>17.3f} | {load()}"
+                f"{round_:>5} | {cache_mb:>21} | {args.items / run.requesting_s:>18.2f} | "
+                f"{args.items / run.simple_evaluate_s:>23.2f} | {run.requesting_cpu_s / args.items:>17.3f} | {load()}"
             )
             if cache_mb != "0":
                 print(f"{'':>5}   /metrics: {metrics}")
