@@ -317,6 +317,12 @@ class Engine:
         return self._thread.is_alive() and not self._closing
 
     @property
+    def idle(self) -> bool:
+        """No job admitted and unanswered: nothing generating, nothing queued."""
+        with self._lock:
+            return self._active == 0 and self._queued == 0
+
+    @property
     def active_generations(self) -> int:
         with self._lock:
             return self._active
