@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -46,6 +47,12 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=self.registry,
         )
+
+    def forget_model(self, model_id: str) -> None:
+        """Drop an unloaded model's series, so /metrics lists only what is served."""
+        for metric in (self.tokens_generated, self.active_sequences, self.batch_size):
+            with contextlib.suppress(KeyError):  # never labelled
+                metric.remove(model_id)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
