@@ -149,11 +149,13 @@ class BackgroundTraining:
     Training competes with serving for the CPU (2 cores on the machine this was built
     on). The trainer keeps torch's default threads, one per core, so it finishes as soon
     as an idle server allows, but runs at a lower priority (`NICENESS`): when requests
-    come, the server's threads get the cores first. Each finished checkpoint moves into the
-    models directory, where the server's watcher picks it up.
+    come, the server's threads get about three quarters of a contended core. Not lower:
+    at nice 10 a trainer beside other busy processes gets a tenth of a core and its
+    wall-clock budget runs out with little trained. Each finished checkpoint moves into
+    the models directory, where the server's watcher picks it up.
     """
 
-    NICENESS = 10
+    NICENESS = 5
 
     def __init__(self, recipes: list[str], models_dir: Path, max_minutes: float, base: str) -> None:
         self.trainings = [Training(recipe, models_dir, max_minutes) for recipe in recipes]
