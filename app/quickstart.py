@@ -54,6 +54,11 @@ class QuickstartSettings(BaseSettings):
         ge=0,
         description="cap each quick recipe's training at this many minutes (0 = the recipe's own budget)",
     )
+    threads: int = Field(
+        default=0,
+        ge=0,
+        description="torch threads of the trainer (0 = one per core; 1 trains several times faster on a busy CPU)",
+    )
 
 
 def models_by_level(models_dir: Path) -> dict[str, str]:
@@ -81,15 +86,17 @@ class TrainingStopped(Exception):
 class Training:
     """One quick recipe trained in a child process; only a finished checkpoint moves into `models_dir`."""
 
-    def __init__(self, recipe: str, models_dir: Path, max_minutes: float) -> None:
+    def __init__(self, recipe: str, models_dir: Path, quick: QuickstartSettings) -> None:
         self.recipe = recipe
         self.models_dir = models_dir
         self.work = WORK_DIR / recipe
         # The bar (and the budget check) every 10 steps rather than the recipe's 50, so a
         # newcomer watching a slow CPU sees it move.
         self.command = [sys.executable, "-m", "training", recipe, "--out", str(self.work), "--log-every", "10"]
-        if max_minutes > 0:
-            self.command += ["--max-minutes", f"{max_minutes:g}"]
+        if quick.max_minutes > 0:
+            self.command += ["--max-minutes", f"{quick.max_minutes:g}"]
+        if quick.threads > 0:
+            self.command += ["--threads", str(quick.threads)]
         self._lock = threading.Lock()  # `stop` may come from another thread
         self._trainer: subprocess.Popen[bytes] | None = None
         self._stopped = False
@@ -147,18 +154,18 @@ class BackgroundTraining:
     """The recipes still missing once the server is up, trained one after another on a thread.
 
     Training competes with serving for the CPU (2 cores on the machine this was built
-    on). The trainer keeps torch's default threads, one per core, so it finishes as soon
-    as an idle server allows, but runs at a lower priority (`NICENESS`): when requests
-    come, the server's threads get about three quarters of a contended core. Not lower:
-    at nice 10 a trainer beside other busy processes gets a tenth of a core and its
-    wall-clock budget runs out with little trained. Each finished checkpoint moves into
+    on). The trainer keeps one torch thread per core unless RNNLM_QUICKSTART_THREADS says
+    otherwise, so it finishes as soon as an idle server allows, but runs at a lower
+    priority (`NICENESS`): when requests come, the server's threads get about three
+    quarters of a contended core. Not lower: at nice 10 a trainer beside other busy
+    processes gets a tenth of a core and its wall-clock budget runs out with little trained. Each finished checkpoint moves into
     the models directory, where the server's watcher picks it up.
     """
 
     NICENESS = 5
 
-    def __init__(self, recipes: list[str], models_dir: Path, max_minutes: float, base: str) -> None:
-        self.trainings = [Training(recipe, models_dir, max_minutes) for recipe in recipes]
+    def __init__(self, recipes: list[str], models_dir: Path, quick: QuickstartSettings, base: str) -> None:
+        self.trainings = [Training(recipe, models_dir, quick) for recipe in recipes]
         self.base = base
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="quickstart-training", daemon=True)
@@ -268,14 +275,14 @@ def served_models(base: str) -> list[str] | None:
         return None  # not listening yet, or not ready (503)
 
 
-def serve(settings: Settings, models: dict[str, str], training: list[str], max_minutes: float) -> None:
+def serve(settings: Settings, models: dict[str, str], training: list[str], quick: QuickstartSettings) -> None:
     """Run the service until Ctrl-C, training `training` meanwhile; uvicorn drains, the trainer stops."""
     redis = "RNNLM_REDIS_URL" if settings.redis_url else "its own embedded Redis"
     print(f"==> serving the models in {settings.models_dir}/ with {redis}")
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host=settings.host, port=settings.port))
     base = f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else settings.host}:{settings.port}"
     threading.Thread(target=announce_when_ready, args=(base, models, training, server), daemon=True).start()
-    background = BackgroundTraining(training, settings.models_dir, max_minutes, base)
+    background = BackgroundTraining(training, settings.models_dir, quick, base)
     # uvicorn turns Ctrl-C and SIGTERM into a clean shutdown; a closed terminal does the same.
     hangup = signal.signal(signal.SIGHUP, server.handle_exit)
     try:
@@ -298,10 +305,10 @@ def main() -> int:
             if not found:  # nothing to serve yet: train the first recipe (the quicker) before serving
                 level, recipe = missing.pop(0)
                 print(f"\n==> training {recipe} (no {level} model in {settings.models_dir}/ yet)")
-                Training(recipe, settings.models_dir, quick.max_minutes).run()
+                Training(recipe, settings.models_dir, quick).run()
             # The others train while the server runs; each is served once it is done.
             training = [recipe for _, recipe in missing]
-            serve(settings, models_by_level(settings.models_dir), training, quick.max_minutes)
+            serve(settings, models_by_level(settings.models_dir), training, quick)
     except KeyboardInterrupt:
         print("\n==> interrupted; nothing half-trained was kept", file=sys.stderr)
         return 130
