@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -79,6 +80,20 @@ class Metrics:
                 misses.inc()
 
         return record
+
+    def forget_model(self, model_id: str) -> None:
+        """Drop an unloaded model's series, so /metrics lists only what is served."""
+        for metric in (
+            self.tokens_generated,
+            self.active_sequences,
+            self.batch_size,
+            self.prefix_cache_hits,
+            self.prefix_cache_misses,
+            self.prefix_cache_tokens_saved,
+            self.prefix_cache_bytes,
+        ):
+            with contextlib.suppress(KeyError):  # never labelled
+                metric.remove(model_id)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

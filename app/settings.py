@@ -23,6 +23,11 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto = cuda when available, else cpu")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    models_poll_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        description="seconds between looks at the models directory for checkpoints added or removed (0 = never)",
+    )
     skip_bad_models: bool = Field(
         default=False, description="skip (and log) a checkpoint that cannot be loaded instead of refusing to start"
     )
