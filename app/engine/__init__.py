@@ -19,11 +19,14 @@ The parts, each a module:
   forward per tick, and the hand-off of results to each event loop;
 - job.py: what a job and a decode row are; query.py, sampled.py and beam.py: the kinds
   (plain feeds and next-token queries, sampled generation, beam search);
+- constraint.py: constrained decoding (a regex, choice, JSON schema or grammar), llguidance's
+  matchers over the model's byte view, their masks applied before the sampler;
 - output.py: generated ids to text (UTF-8 assembly and stop strings); types.py: the
   values that go in and come out.
 """
 
 from app.engine.beam import BeamRun
+from app.engine.constraint import Constraint, ConstraintError
 from app.engine.engine import Engine
 from app.engine.sampled import Generation
 from app.engine.types import (
@@ -43,6 +46,8 @@ from app.engine.types import (
 
 __all__ = [
     "BeamRun",
+    "Constraint",
+    "ConstraintError",
     "Engine",
     "EngineBusy",
     "EngineClosed",

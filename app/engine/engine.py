@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from app.engine.beam import BeamJob, BeamRun
+from app.engine.constraint import Constraint, ConstraintError
 from app.engine.job import Job
 from app.engine.query import FeedJob, NextTokenJob
 from app.engine.sampled import GenerateJob, Generation
@@ -101,6 +102,23 @@ class Engine:
         )
         self.scheduler.admit(job)
         return Generation(self, job, queue)
+
+    async def check_constraint(
+        self, constraint: Constraint, start: SequenceState, ids: list[int] | None = None
+    ) -> None:
+        """Compile `constraint` for a generation after `start` and `ids` (cached for it), off the event loop.
+
+        Raises ConstraintError when it is invalid, over a bound (its size, or longer than
+        `constraint_compile_seconds` to compile) or cannot start with this vocabulary.
+        """
+        pending = ids[-1] if ids else start.pending
+        at_line_start = pending == self.tokenizer.boundary_id
+        limit = self.scheduler.constraints.limits.compile_seconds
+        compiling = asyncio.to_thread(self.scheduler.constraints.compile, constraint, at_line_start)
+        try:
+            await asyncio.wait_for(compiling, timeout=limit)
+        except TimeoutError:
+            raise ConstraintError(f"the {constraint.kind} took over {limit} s to compile") from None
 
     def beam(self, start: SequenceState, settings: BeamSettings, ids: list[int] | None = None) -> BeamRun:
         """Feed `ids`, then beam-search (never choosing `<unk>` unless the settings allow it)."""

@@ -7,17 +7,20 @@ every choice has finished; `results` then holds each choice's GenerationResult.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import math
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any, Protocol
 
 import torch
+from llguidance import LLMatcher
 from torch import Tensor
 from typing_extensions import Self
 
+from app.engine.constraint import ConstraintError
 from app.engine.job import Job, Row, Worker
-from app.engine.output import TextOutput
-from app.engine.types import GenerationResult, GenerationSettings, TokenEvent, finite
+from app.engine.output import Released, TextOutput
+from app.engine.types import FinishReason, GenerationResult, GenerationSettings, TokenEvent, finite
 from model.network import state_tensors
 from model.sampling import SamplerInputs, random_seed, sample
 
@@ -39,11 +42,22 @@ class GenerateJob(Job):
             for choice in range(self.n):
                 worker.deliver(self, GenerationResult("length", end, [], self.fed_logprobs, choice, self.fed_top))
             return
+        constraint = self.settings.constraint
+        try:
+            at_line_start = self.pending == worker.tokenizer.boundary_id
+            matchers = (
+                [worker.constraints.compile(constraint, at_line_start) for _ in range(self.n)] if constraint else []
+            )
+        except ConstraintError as exc:  # checked before admission; only a cache eviction compiles it again here
+            worker.finish(self)
+            worker.deliver(self, exc)
+            return
         seed = self.settings.seed if self.settings.seed is not None else random_seed()
         start = state_tensors(self.state)
         unk_id = worker.tokenizer.unk_id
         for choice in range(self.n):
             row = SampledRow(self, choice, (seed + choice) % 2**63, worker, unk_id)
+            row.matcher = matchers[choice] if matchers else None
             self.rows.append(row)
             worker.pool.add(row, start, self.pending, self.settings.history if row.uses_history else None)
 
@@ -69,8 +83,13 @@ class SampledRow(Row):
         self.uses_history = settings.sampling.uses_history
         # Never drawn: <unk> (unless asked for) and, before min_tokens, the end of the text.
         self.always_banned = [] if settings.sampling.allow_unk or unk_id is None else [unk_id]
+        # A constrained row: its matcher, and the tokens it allows next (V,) bool on the device, once computed.
+        self.matcher: LLMatcher | None = None
+        self.allowed: Tensor | None = None
 
     def banned(self) -> list[int]:
+        if self.matcher is not None:  # the constraint decides where the text ends
+            return self.always_banned
         early = self.settings.eos_id is not None and len(self.generated) < self.settings.min_tokens
         return (
             [*self.always_banned, self.settings.eos_id]
@@ -80,7 +99,29 @@ class SampledRow(Row):
 
     @classmethod
     def step(cls, worker: Worker, rows: list[Self], logits: Tensor) -> None:
-        """Sample every row at once and hand each token to its request."""
+        """Sample every row at once and hand each token to its request.
+
+        A constrained row's logits are masked to the tokens its constraint allows before
+        the sampler (the log-probabilities reported stay the model's own), so constrained
+        and free rows share one forward and one sampler call.
+        """
+        if any(row.matcher is not None and row.allowed is None for row in rows):  # a row's first step
+            ended = cls.compute_allowed(
+                worker, [row for row in rows if row.matcher is not None and row.allowed is None]
+            )
+            for row in ended:  # not after a compile check; only a bug gets here
+                row.finish(worker, row.output.end(None, "length"))
+            if ended:
+                live = [i for i, row in enumerate(rows) if row not in ended]
+                rows, logits = [rows[i] for i in live], logits[live]
+            if not rows:
+                return
+        masked = logits
+        constrained = [i for i, row in enumerate(rows) if row.allowed is not None]
+        if constrained:
+            positions = torch.tensor(constrained, device=logits.device)
+            allowed = torch.stack([row.allowed for row in rows if row.allowed is not None])  # (C, V)
+            masked = logits.index_put((positions,), logits[positions].masked_fill(~allowed, -math.inf))
         pool = worker.pool
         index = torch.tensor([row.slot for row in rows], device=logits.device)
         history = pool.seen is not None and pool.counts is not None and any(row.uses_history for row in rows)
@@ -92,7 +133,7 @@ class SampledRow(Row):
             counts=pool.counts[index] if history and pool.counts is not None else None,
             banned=[(i, token) for i, row in enumerate(rows) for token in row.banned()],
         )
-        ids = sample(logits, inputs)  # (S,)
+        ids = sample(masked, inputs)  # (S,)
         pool.pending[index] = ids
         if history and pool.seen is not None and pool.counts is not None:
             pool.seen[index, ids] = True
@@ -105,21 +146,77 @@ class SampledRow(Row):
         if wanted:
             values, indices = torch.topk(raw, min(wanted, raw.shape[1]), dim=-1)
             top_values, top_ids = values.tolist(), indices.tolist()
-        for i, (row, token_id) in enumerate(zip(rows, ids.tolist(), strict=True)):
+        tokens = ids.tolist()
+        ends = cls.advance_constraints(worker, rows, tokens)
+        for i, (row, token_id) in enumerate(zip(rows, tokens, strict=True)):
             count = row.settings.top_logprobs
             top = list(zip(top_ids[i][:count], map(finite, top_values[i][:count]), strict=True))
-            row.emit(worker, token_id, chosen[i], top)
+            row.emit(worker, token_id, chosen[i], top, ends.get(row))
         worker.hooks.on_tokens(len(rows))
 
-    def emit(self, worker: Worker, token_id: int, logprob: float, top: list[tuple[int, float]]) -> None:
-        """Hand one sampled token to the request; a finished choice leaves the batch."""
+    @staticmethod
+    def advance_constraints(
+        worker: Worker, rows: Sequence[SampledRow], tokens: list[int]
+    ) -> dict[SampledRow, FinishReason]:
+        """Move each constrained row's matcher by its token; how the rows whose text it ends end.
+
+        The end token completes the text ("stop"); so does a token after which the
+        constraint can take no more. Every other row's next allowed tokens are computed
+        here, all in one parallel call, so a row that no token of the vocabulary can
+        continue (a character the vocabulary lacks) ends with this token: "length", its
+        text a valid prefix.
+        """
+        ends: dict[SampledRow, FinishReason] = {}
+        going: list[SampledRow] = []
+        for row, token_id in zip(rows, tokens, strict=True):
+            if row.matcher is None:
+                continue
+            if token_id == worker.constraints.end_id:
+                ends[row] = "stop"
+            elif not row.matcher.consume_token(token_id):  # the mask allowed it, so this is a bug
+                raise RuntimeError(f"the constraint refused token {token_id}: {row.matcher.get_error()}")
+            elif row.matcher.is_stopped():
+                ends[row] = "stop"
+            else:
+                going.append(row)
+        for row in SampledRow.compute_allowed(worker, going):
+            ends[row] = "length"
+        return ends
+
+    @staticmethod
+    def compute_allowed(worker: Worker, rows: Sequence[SampledRow]) -> list[SampledRow]:
+        """Each constrained row's next allowed tokens (V,) on the device, in one parallel call; the rows with none."""
+        if not rows:
+            return []
+        allowed = worker.constraints.masks([row.matcher for row in rows if row.matcher is not None], worker.device)
+        for row, mask in zip(rows, allowed, strict=True):
+            row.allowed = mask
+        return [row for row, ok in zip(rows, allowed.any(dim=1).tolist(), strict=True) if not ok]
+
+    def emit(
+        self, worker: Worker, token_id: int, logprob: float, top: list[tuple[int, float]], end: FinishReason | None
+    ) -> None:
+        """Hand one sampled token to the request; a finished choice leaves the batch.
+
+        A constrained row's end token adds no text; `end` is how its constraint ends it here.
+        """
         self.generated.append(token_id)
-        released = self.output.push(token_id, self.settings.eos_id)
+        if self.matcher is not None and token_id == worker.constraints.end_id:
+            released = self.output.end(token_id, "stop")
+        else:
+            released = self.output.push(token_id, self.settings.eos_id if self.matcher is None else None, end)
+        worker.deliver(
+            self.generate_job, TokenEvent(token_id, released.piece, released.text, finite(logprob), top, self.choice)
+        )
+        if released.finish is not None:
+            self.finish(worker, released)
+
+    def finish(self, worker: Worker, released: Released) -> None:
+        """The choice has ended: its result, with the state after its tokens, and the row leaves."""
+        assert released.finish is not None
         job = self.generate_job
-        worker.deliver(job, TokenEvent(token_id, released.piece, released.text, finite(logprob), top, self.choice))
-        if released.finish is None:
-            return
-        end = job.fed_end().after(worker.pool.copy_state(self), self.generated)
+        state = worker.pool.copy_state(self)
+        end = job.fed_end().after(state, self.generated) if self.generated else job.fed_end()
         job.end_choice(
             worker,
             self,

@@ -1,0 +1,268 @@
+"""Constrained decoding: a regex, a choice, a JSON schema or a grammar that the generated text must follow.
+
+The matching is llguidance's (Moskal et al., "llguidance"; the Earley parser and lazy
+lexer behind vLLM's and SGLang's guided decoding): it sees the vocabulary as the bytes
+each token adds, and each step gives a bitmask of the tokens that keep the text a
+prefix of the language. This module builds that byte view once per model, compiles
+constraints (bounded in size and effort, cached by their text) and computes the masks
+of a batch of rows in one parallel call.
+
+The byte view. A token adds `piece_bytes(token, previous)`, which for a word model
+depends on the token before: b" word" mid-line, b"word" after the line boundary. The
+view gives every token its *mid-line* bytes (those after an ordinary token). A
+generation that starts at the line boundary (a word model's fresh sequence, or a prompt
+ending in a line break) adds the same bytes less a fixed prefix (b" " for words, b""
+for characters); its matcher is compiled for that prefix followed by the constraint, so
+the constraint is always about the text the client sees, whatever the level.
+
+The ends. The boundary token (a word model's `<eos>`, a char model's "\\n") is the
+matcher's end of text: allowed only where the text is complete, and it adds nothing, so
+a constrained text is one line. `<unk>` is a special token in the view, which no
+constraint can produce. The view also carries the 256 single bytes as tokens past the
+vocabulary (never allowed, as the mask is cut to the vocabulary): llguidance assumes
+every forced byte string can be tokenized, which a word vocabulary cannot do alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import llguidance
+import torch
+from llguidance import LLExecutor, LLMatcher, LLParserLimits, LLTokenizer, TokenizerWrapper
+from torch import Tensor
+
+from model.tokenizer import Tokenizer
+
+ConstraintKind = Literal["regex", "choice", "json", "grammar"]
+
+
+# llguidance's own effort bounds (its fuel is work, so these bound time on any machine):
+# about 20 ms of lexer construction, 15 ms of lexer work per token, a grammar of 100k symbols.
+def _parser_limits() -> LLParserLimits:
+    return LLParserLimits(initial_lexer_fuel=1_000_000, step_lexer_fuel=200_000, max_grammar_size=100_000)
+
+
+class ConstraintError(ValueError):
+    """A constraint that cannot be used: invalid, over a bound, or not startable with this vocabulary."""
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What the text must match: `kind` and its text (a regex, a JSON list of choices, a JSON schema, a grammar).
+
+    A grammar is Lark in llguidance's dialect, or GBNF (llama.cpp's), told apart by llguidance.
+    """
+
+    kind: ConstraintKind
+    text: str
+
+    @classmethod
+    def choice(cls, options: Sequence[str]) -> Constraint:
+        return cls("choice", json.dumps(list(options)))
+
+    @property
+    def field(self) -> str:
+        """The request field a client names this constraint by."""
+        return f"structured_outputs.{self.kind}"
+
+
+@dataclass(frozen=True)
+class ConstraintLimits:
+    """The bounds a constraint must fit (from Settings): its text's size, the time to compile it, the cache's size."""
+
+    max_bytes: int = 65_536
+    compile_seconds: float = 2.0
+    cache_size: int = 256
+
+
+def _grammar(constraint: Constraint) -> str:
+    """llguidance's grammar for a constraint (not yet checked: the matcher does that)."""
+    if constraint.kind == "choice":
+        options = json.loads(constraint.text)
+        if not options:
+            raise ConstraintError("choice needs at least one option")
+        return LLMatcher.grammar_from_lark("start: " + " | ".join(json.dumps(option) for option in options))
+    if constraint.kind == "regex":
+        return LLMatcher.grammar_from_regex(constraint.text)
+    if constraint.kind == "json":
+        try:
+            schema = json.loads(constraint.text)
+        except json.JSONDecodeError as exc:
+            raise ConstraintError(f"the JSON schema is not JSON: {exc}") from None
+        try:
+            return LLMatcher.grammar_from_json_schema(schema)
+        except ValueError as exc:
+            raise ConstraintError(f"invalid JSON schema: {exc}") from None
+    try:
+        return llguidance.grammar_from("grammar", constraint.text)
+    except ValueError as exc:
+        raise ConstraintError(str(exc)) from None
+
+
+def _after_prefix(grammar: str, prefix: bytes) -> str:
+    """The grammar of `prefix` followed by `grammar` (a reference to it as a nested grammar)."""
+    if not prefix:
+        return grammar
+    top = _top_level(grammar)
+    inner = dict(top["grammars"][0], name="constrained")
+    head = {"lark_grammar": f"start: {json.dumps(prefix.decode('utf-8'))} @constrained"}
+    return json.dumps({**top, "grammars": [head, inner, *top["grammars"][1:]]})
+
+
+def _top_level(grammar: str) -> dict[str, Any]:
+    """A grammar as llguidance's top-level JSON object (a Lark text becomes its one grammar)."""
+    try:
+        top = json.loads(grammar)
+    except json.JSONDecodeError:
+        top = None
+    return top if isinstance(top, dict) and "grammars" in top else {"grammars": [{"lark_grammar": grammar}]}
+
+
+class ConstraintVocabulary:
+    """One model's byte view for llguidance, its compiled constraints (LRU by text) and the mask computation.
+
+    Built lazily (the view costs a pass over the vocabulary); safe to use from the event
+    loop's threads (compiling) and the worker (masks) at once.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, limits: ConstraintLimits | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.limits = limits or ConstraintLimits()
+        self.vocab_size = tokenizer.vocab_size
+        self.end_id = tokenizer.boundary_id  # the matcher's end of text
+        self._lock = threading.Lock()
+        self._view: LLTokenizer | None = None
+        self._line_start_prefix = b""
+        self._compiled: OrderedDict[tuple[str, str, bool], LLMatcher] = OrderedDict()
+        self._executor: LLExecutor | None = None
+
+    # ---- the byte view ------------------------------------------------------------------
+
+    def view(self) -> LLTokenizer:
+        with self._lock:
+            if self._view is None:
+                self._view, self._line_start_prefix = self._build_view()
+                self._executor = LLExecutor(num_threads=min(4, os.cpu_count() or 1))
+            return self._view
+
+    def _build_view(self) -> tuple[LLTokenizer, bytes]:
+        tokenizer = self.tokenizer
+        specials = {tokenizer.unk_id, self.end_id}
+        ordinary = tokenizer.unk_id  # any token but the boundary: what follows it is mid-line
+        tokens: list[bytes] = []
+        prefixes: set[bytes] = set()
+        for token_id in range(self.vocab_size):
+            if token_id in specials:
+                tokens.append(b"<unk>" if token_id == tokenizer.unk_id else b"<end>")
+                continue
+            middle = tokenizer.piece_bytes(token_id, ordinary)
+            start = tokenizer.piece_bytes(token_id, self.end_id)
+            if not middle.endswith(start):
+                raise ConstraintError(
+                    f"token {token_id}: its bytes at a line start are not a suffix of its bytes mid-line"
+                )
+            tokens.append(middle)
+            prefixes.add(middle[: len(middle) - len(start)])
+        if len(prefixes) > 1:
+            raise ConstraintError(f"this vocabulary drops different prefixes at a line start: {sorted(prefixes)}")
+        tokens.extend(bytes([b]) for b in range(256))  # past the vocabulary: see the module's docstring
+        view = LLTokenizer(TokenizerWrapper(_ByteView(tokens, self.end_id, sorted(specials))))
+        return view, prefixes.pop() if prefixes else b""
+
+    # ---- compiling ----------------------------------------------------------------------
+
+    def compile(self, constraint: Constraint, at_line_start: bool) -> LLMatcher:
+        """A fresh matcher for `constraint` (cached by its text); ConstraintError if it cannot be used."""
+        key = (constraint.kind, constraint.text, at_line_start)
+        with self._lock:
+            template = self._compiled.get(key)
+            if template is not None:
+                self._compiled.move_to_end(key)
+                return template.deep_copy()
+        template = self._compile(constraint, at_line_start)
+        with self._lock:
+            self._compiled[key] = template
+            while len(self._compiled) > self.limits.cache_size:
+                self._compiled.popitem(last=False)
+        return template.deep_copy()
+
+    def _compile(self, constraint: Constraint, at_line_start: bool) -> LLMatcher:
+        size = len(constraint.text.encode("utf-8"))
+        if size > self.limits.max_bytes:
+            raise ConstraintError(f"the {constraint.kind} is {size} bytes, over the bound of {self.limits.max_bytes}")
+        view = self.view()
+        grammar = _grammar(constraint)
+        if at_line_start:
+            grammar = _after_prefix(grammar, self._line_start_prefix)
+        began = time.monotonic()
+        matcher = LLMatcher(view, grammar, log_level=0, limits=_parser_limits())
+        if matcher.is_error():
+            raise ConstraintError(_first_line(matcher.get_error()))
+        mask = self.masks([matcher])[0]
+        if time.monotonic() - began > self.limits.compile_seconds:
+            raise ConstraintError(f"the {constraint.kind} took over {self.limits.compile_seconds} s to compile")
+        if matcher.is_error():
+            raise ConstraintError(_first_line(matcher.get_error()))
+        if not bool(mask.any()):
+            raise ConstraintError(f"no token of this model's vocabulary can start text matching the {constraint.kind}")
+        return matcher
+
+    # ---- the worker's side --------------------------------------------------------------
+
+    def masks(self, matchers: list[LLMatcher], device: torch.device | None = None) -> Tensor:
+        """(len(matchers), V) bool on `device`: the tokens each matcher allows next (`<unk>` never)."""
+        view = self.view()
+        assert self._executor is not None
+        words = (view.vocab_size + 31) // 32
+        bits = torch.zeros(len(matchers), words, dtype=torch.int32)  # (C, W) 32 tokens a word
+        self._executor.unsafe_compute_mask_ptr(
+            [(matcher, i) for i, matcher in enumerate(matchers)], bits.data_ptr(), words * 4, len(matchers)
+        )
+        bits = bits.to(device) if device is not None else bits
+        shifts = torch.arange(32, dtype=torch.int32, device=bits.device)
+        allowed = ((bits.unsqueeze(2) >> shifts) & 1).bool().reshape(len(matchers), words * 32)  # (C, W*32)
+        allowed = allowed[:, : self.vocab_size].clone()
+        allowed[:, self.tokenizer.unk_id] = False
+        return allowed
+
+
+class _ByteView:
+    """What llguidance's TokenizerWrapper asks of a tokenizer: the bytes of each token and an encoder.
+
+    The encoder is greedy longest-match over the same bytes, so the tokens it returns spell
+    exactly what they encode (llguidance tokenizes forced bytes with it).
+    """
+
+    def __init__(self, tokens: list[bytes], end_id: int, specials: list[int]) -> None:
+        self.tokens = tokens
+        self.eos_token_id = end_id
+        self.bos_token_id = None
+        self.special_token_ids = specials
+        self._index = {piece: i for i, piece in reversed(list(enumerate(tokens))) if i not in specials}
+        self._longest = max(map(len, self._index))
+
+    def __call__(self, text: str | bytes) -> list[int]:
+        data = text.encode("utf-8") if isinstance(text, str) else text
+        ids: list[int] = []
+        at = 0
+        while at < len(data):
+            for length in range(min(self._longest, len(data) - at), 0, -1):
+                token_id = self._index.get(data[at : at + length])
+                if token_id is not None:
+                    ids.append(token_id)
+                    at += length
+                    break
+        return ids
+
+
+def _first_line(message: str) -> str:
+    """llguidance's error without the parser state it appends."""
+    return message.split("\n<state>", 1)[0].strip()
