@@ -120,13 +120,28 @@ class Engine:
         except TimeoutError:
             raise ConstraintError(f"the {constraint.kind} took over {limit} s to compile") from None
 
-    def beam(self, start: SequenceState, settings: BeamSettings, ids: list[int] | None = None) -> BeamRun:
-        """Feed `ids`, then beam-search (never choosing `<unk>` unless the settings allow it)."""
+    def beam(
+        self,
+        start: SequenceState,
+        settings: BeamSettings,
+        ids: list[int] | None = None,
+        constraint: Constraint | None = None,
+    ) -> BeamRun:
+        """Feed `ids`, then beam-search (never choosing `<unk>` unless the settings allow it).
+
+        Under a `constraint` (checked first with `check_constraint`) the search ends a
+        hypothesis at the constraint's end token, the line boundary, which it keeps as
+        its last token (finish "eos"): the text is complete.
+        """
         unk_id = self.tokenizer.unk_id
         if not settings.allow_unk and unk_id is not None and unk_id not in settings.banned:
             settings = dataclasses.replace(settings, banned=(*settings.banned, unk_id))
+        if constraint is not None:
+            settings = dataclasses.replace(settings, eos_id=self.tokenizer.boundary_id)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        job = BeamJob(settings, start=start, ids=list(ids or []), loop=future.get_loop(), receive=_settler(future))
+        job = BeamJob(
+            settings, constraint, start=start, ids=list(ids or []), loop=future.get_loop(), receive=_settler(future)
+        )
         self.scheduler.admit(job)
         return BeamRun(self, job, future)
 

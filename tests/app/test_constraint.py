@@ -13,6 +13,7 @@ import pytest
 from app.engine import Constraint, ConstraintError, Engine, GenerationResult, GenerationSettings
 from app.engine.constraint import ConstraintLimits, ConstraintVocabulary
 from app.settings import Settings
+from model.beam_search import BeamSettings
 from model.checkpoint import Checkpoint
 from model.sampling import SamplingParams
 from model.tokenizer import CharTokenizer, Tokenizer
@@ -212,3 +213,42 @@ def test_masks_never_allow_unk() -> None:
     allowed = vocabulary.masks([matcher])[0]
     assert not allowed[tokenizer.unk_id]
     assert int(allowed.sum()) == tokenizer.vocab_size - 1  # the rest, the end token ("\n") included
+
+
+async def test_a_constrained_beam_search_ends_where_the_text_is_complete(
+    char_engine: Engine, word_engine: Engine
+) -> None:
+    for engine, pattern, prompt in (
+        (char_engine, "[a-z]{2,6}( [a-z]{2,6}){0,2}", "the "),
+        (word_engine, "(the|a)( [a-z]+){1,3}", ""),
+    ):
+        constraint = Constraint("regex", pattern)
+        ids = engine.tokenizer.encode(prompt).ids
+        await engine.check_constraint(constraint, engine.fresh(), ids)
+        hypotheses = await engine.beam(
+            engine.fresh(), BeamSettings(beam_width=4, max_tokens=30), ids, constraint
+        ).hypotheses()
+        assert hypotheses
+        for hypothesis in hypotheses:
+            if hypothesis.finish == "eos":
+                assert hypothesis.ids[-1] == engine.tokenizer.boundary_id
+                previous = ids[-1] if ids else engine.tokenizer.boundary_id
+                text = engine.tokenizer.decode(hypothesis.ids[:-1], previous)
+                assert re.fullmatch(pattern, text), text
+        assert hypotheses[0].finish == "eos"
+
+
+async def test_a_constrained_beam_ranks_by_the_models_own_logprobs(word_engine: Engine) -> None:
+    """Masking never renormalises: the best choice's log-probability is what scoring it (and the end) gives."""
+    options = ["the cat", "a dog", "on the mat"]
+    constraint = Constraint.choice(options)
+    await word_engine.check_constraint(constraint, word_engine.fresh())
+    search = BeamSettings(beam_width=3, max_tokens=6, with_greedy=False)
+    hypotheses = await word_engine.beam(word_engine.fresh(), search, None, constraint).hypotheses()
+    scored = {}
+    for option in options:
+        ids = [*word_engine.tokenizer.encode(option).ids, word_engine.tokenizer.boundary_id]
+        scored[option] = sum((await word_engine.feed(word_engine.fresh(), ids)).logprobs)
+    best = word_engine.tokenizer.decode(hypotheses[0].ids[:-1], word_engine.tokenizer.boundary_id)
+    assert best == max(scored, key=lambda option: scored[option])
+    assert hypotheses[0].logprob == pytest.approx(scored[best], abs=1e-4)
