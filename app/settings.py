@@ -41,9 +41,9 @@ class Settings(BaseSettings):
     max_logprobs: int = Field(default=20, ge=0, description="top alternatives per generated token")
     max_stop_strings: int = Field(default=8, ge=0, description="stop strings per request")
     max_stop_chars: int = Field(default=100, ge=1, description="characters per stop string")
-    max_active_sequences: int = Field(default=64, ge=1, description="sequences generating at once per model (then 429)")
+    max_active_sequences: int = Field(default=64, ge=1, description="decode rows held at once per model (then 429)")
     max_queued_requests: int = Field(
-        default=4096, ge=1, description="feeds / next-token queries waiting per model (then 429)"
+        default=4096, ge=1, description="plain feeds (scoring, session feeds) waiting or running per model (then 429)"
     )
     share_prefixes: bool = Field(
         default=True, description="completions: feed a prefix shared by a request's prompts once and fork its state"

@@ -51,7 +51,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
-    allow_unk: bool = False  # the caller bans the unknown token unless this is set
+    allow_unk: bool = False  # whether <unk> may be sampled or chosen (by default it is never generated)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.temperature) and self.temperature >= 0):

@@ -30,8 +30,6 @@ from app.engine.constraint import Constraint, ConstraintError
 from app.engine.engine import Engine
 from app.engine.sampled import Generation
 from app.engine.types import (
-    EngineBusy,
-    EngineClosed,
     FeedResult,
     FinishReason,
     GenerationResult,
@@ -49,8 +47,6 @@ __all__ = [
     "Constraint",
     "ConstraintError",
     "Engine",
-    "EngineBusy",
-    "EngineClosed",
     "FeedResult",
     "FinishReason",
     "Generation",

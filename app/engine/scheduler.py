@@ -25,7 +25,8 @@ from torch import Tensor
 from app.engine.constraint import ConstraintLimits, ConstraintVocabulary
 from app.engine.job import Job, Row
 from app.engine.prefix_cache import INTERVAL, PrefixCache
-from app.engine.types import EngineBusy, EngineClosed, Hooks, finite
+from app.engine.types import Hooks, finite
+from app.errors import EngineBusy, EngineClosed
 from app.settings import Settings
 from app.state_pool import StatePool
 from model.checkpoint import Checkpoint

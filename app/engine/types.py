@@ -18,14 +18,6 @@ FinishReason = Literal["length", "stop", "eos"]
 Top = list[tuple[int, float]]  # (token id, log-probability), most likely first
 
 
-class EngineBusy(Exception):
-    """The engine has no room for another job right now (maps to 429 with Retry-After)."""
-
-
-class EngineClosed(Exception):
-    """The engine has shut down (maps to 503)."""
-
-
 @dataclass(frozen=True)
 class SequenceState:
     """One sequence: a single-row state (each tensor (layers, 1, hidden)) and its pending token.

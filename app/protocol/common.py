@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -32,7 +33,12 @@ class Request(BaseModel):
 
 
 class SamplingFields(BaseModel):
-    """The sampling settings shared by /v1/generate and the session generate call."""
+    """How a request is sampled, declared once: /v1/generate, session generate and /v1/completions share it.
+
+    app/serving/sampling.py turns these into the engine's GenerationSettings, in one
+    place; a surface that cannot honour some of them (beam search, a completion's
+    suffix) refuses those in use, as `fields_in_use` finds them.
+    """
 
     max_tokens: int | None = Field(
         default=None, ge=0, description="tokens to generate (the server's default when omitted)"
@@ -54,11 +60,24 @@ class SamplingFields(BaseModel):
         default=None, description="token id (as a string) -> bias added to its logit, -100..100"
     )
     stop: Text | list[Text] | None = Field(default=None, description="stop strings; the text ends before the first one")
-    seed: Seed | None = Field(default=None, description="same request + same seed = same text")
+    seed: Seed | None = Field(
+        default=None, description="same request + same seed = same text; choice i of n draws from seed + i"
+    )
     logprobs: int = Field(
         default=0, ge=0, description="top alternatives (raw model log-probabilities) per generated token"
     )
     stop_at_eos: bool = Field(default=True, description="word models: finish with 'eos' when <eos> is generated")
+    allow_unk: bool = Field(
+        default=False, description="sample or choose the <unk> token; by default it is never generated"
+    )
+
+    def fields_in_use(self, names: Iterable[str]) -> list[str]:
+        """Those of `names` whose value differs from this request type's default, in the order given."""
+        declared = type(self).model_fields
+        return [name for name in names if getattr(self, name) != declared[name].get_default(call_default_factory=True)]
+
+
+SAMPLING_FIELDS = tuple(SamplingFields.model_fields)  # in declared order
 
 
 class TokenLogprob(BaseModel):

@@ -21,7 +21,7 @@ from app.protocol.sessions import (
     SessionNextTokenResponse,
 )
 from app.security import CallerDep
-from app.serving.render import event_source
+from app.sse import event_source
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 

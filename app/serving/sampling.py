@@ -1,4 +1,4 @@
-"""Request sampling fields -> the engine's GenerationSettings, checked against the limits."""
+"""The one conversion of a request's sampling fields into the engine's GenerationSettings, checked against the limits."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ from model.tokenizer import Tokenizer, WordTokenizer
 def generation_settings(
     settings: Settings, served: ServedModel, fields: SamplingFields, history: list[int], min_tokens: int = 0
 ) -> GenerationSettings:
-    """`history` (usually the prompt's ids) seeds the repetition penalty."""
+    """`history` (usually the prompt's ids) seeds the repetition penalty; `min_tokens` is a completion's."""
     tokenizer = served.checkpoint.tokenizer
     default = min(settings.default_max_tokens, settings.max_tokens_limit)
     max_tokens = default if fields.max_tokens is None else fields.max_tokens
+    top_logprobs = fields.logprobs or 0  # a completion's null (no logprobs) asks for no alternatives either
     check_max_tokens(settings, max_tokens)
-    check_logprobs(settings, fields.logprobs)
+    check_logprobs(settings, top_logprobs)
     check_top_k(tokenizer, fields.top_k, served.id)
     # Only word models have an end-of-text token; a char model's "\n" is ordinary text (use stop=["\n"]).
     eos_id = tokenizer.eos_id if isinstance(tokenizer, WordTokenizer) and fields.stop_at_eos else None
@@ -35,11 +36,12 @@ def generation_settings(
             presence_penalty=fields.presence_penalty,
             frequency_penalty=fields.frequency_penalty,
             logit_bias=logit_bias(tokenizer, fields.logit_bias),
+            allow_unk=fields.allow_unk,
         ),
         seed=fields.seed,
         stop=stop_strings(settings, fields.stop),
         eos_id=eos_id,
-        top_logprobs=fields.logprobs,
+        top_logprobs=top_logprobs,
         history=tuple(history),
         min_tokens=min_tokens,
     )

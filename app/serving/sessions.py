@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from app.engine import Generation, GenerationResult, SequenceState
-from app.errors import InvalidRequest, NotFound, ServiceError
+from app.errors import InvalidRequest, NotFound, SessionConflict, StoreUnavailable
 from app.protocol.common import Usage
 from app.protocol.score import ScoredToken
 from app.protocol.sessions import (
@@ -48,18 +48,11 @@ from app.serving.limits import check_text, check_top_k
 from app.serving.render import Choice, Event, collect
 from app.serving.sampling import generation_settings
 from app.session_codec import SessionCodecError, SessionRecord, decode_session, encode_session
-from app.session_store import EmbeddedRedis, RedisSessionStore, SessionStore, StoreUnavailable, VersionConflict
+from app.session_store import EmbeddedRedis, RedisSessionStore, SessionStore, VersionConflict
 from app.settings import Settings
 from model.tokenizer import Encoding, Tokenizer
 
 SESSION_ID = re.compile(r"[0-9a-f]{32}")
-
-
-class SessionConflict(ServiceError):
-    """The session cannot do this now: stale version, another model, or a model that is gone."""
-
-    status_code = 409
-    error_type = "session_conflict"
 
 
 def new_session_id() -> str:

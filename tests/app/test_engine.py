@@ -9,7 +9,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from app.engine import Engine, EngineBusy, GenerationSettings
+from app.engine import Engine, GenerationSettings
+from app.errors import EngineBusy
 from app.settings import Settings
 from model.beam_search import BeamSettings
 from model.checkpoint import Checkpoint
