@@ -26,7 +26,7 @@ The parts, each a module:
 """
 
 from app.engine.beam import BeamRun
-from app.engine.constraint import Constraint, ConstraintError
+from app.engine.constraint import Constraint
 from app.engine.engine import Engine
 from app.engine.sampled import Generation
 from app.engine.types import (
@@ -45,7 +45,6 @@ from app.engine.types import (
 __all__ = [
     "BeamRun",
     "Constraint",
-    "ConstraintError",
     "Engine",
     "FeedResult",
     "FinishReason",

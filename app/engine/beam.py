@@ -17,9 +17,10 @@ from llguidance import LLMatcher
 from torch import Tensor
 from typing_extensions import Self
 
-from app.engine.constraint import Constraint, ConstraintError
+from app.engine.constraint import Constraint
 from app.engine.job import Job, Row, Worker
 from app.engine.sampled import Cancellable
+from app.errors import ConstraintError
 from model.beam_search import BeamSearch, BeamSettings, Hypothesis
 from model.network import state_tensors
 
@@ -49,7 +50,9 @@ class BeamJob(Job):
         if self.constraint is not None:
             try:
                 at_line_start = self.pending == worker.tokenizer.boundary_id
-                self.matchers = [worker.constraints.compile(self.constraint, at_line_start) for _ in range(self.search.rows)]
+                self.matchers = [
+                    worker.constraints.compile(self.constraint, at_line_start) for _ in range(self.search.rows)
+                ]
             except ConstraintError as exc:  # checked before admission; only a cache eviction compiles it again here
                 worker.finish(self)
                 worker.deliver(self, exc)

@@ -39,6 +39,7 @@ import torch
 from llguidance import LLExecutor, LLMatcher, LLParserLimits, LLTokenizer, TokenizerWrapper
 from torch import Tensor
 
+from app.errors import ConstraintError
 from model.tokenizer import Tokenizer
 
 ConstraintKind = Literal["regex", "choice", "json", "grammar"]
@@ -50,10 +51,6 @@ def _parser_limits() -> LLParserLimits:
     return LLParserLimits(initial_lexer_fuel=1_000_000, step_lexer_fuel=200_000, max_grammar_size=100_000)
 
 
-class ConstraintError(ValueError):
-    """A constraint that cannot be used: invalid, over a bound, or not startable with this vocabulary."""
-
-
 @dataclass(frozen=True)
 class Constraint:
     """What the text must match: `kind` and its text (a regex, a JSON list of choices, a JSON schema, a grammar).
@@ -63,15 +60,15 @@ class Constraint:
 
     kind: ConstraintKind
     text: str
+    field: str = ""  # the request field it came from, named by its errors (structured_outputs.<kind> if unsaid)
 
     @classmethod
-    def choice(cls, options: Sequence[str]) -> Constraint:
-        return cls("choice", json.dumps(list(options)))
+    def choice(cls, options: Sequence[str], field: str = "") -> Constraint:
+        return cls("choice", json.dumps(list(options)), field)
 
-    @property
-    def field(self) -> str:
-        """The request field a client names this constraint by."""
-        return f"structured_outputs.{self.kind}"
+    def error(self, message: str) -> ConstraintError:
+        """The 422 for this constraint, naming its field."""
+        return ConstraintError(message, field=self.field or f"structured_outputs.{self.kind}")
 
 
 @dataclass(frozen=True)
@@ -88,7 +85,7 @@ def _grammar(constraint: Constraint) -> str:
     if constraint.kind == "choice":
         options = json.loads(constraint.text)
         if not options:
-            raise ConstraintError("choice needs at least one option")
+            raise constraint.error("choice needs at least one option")
         return LLMatcher.grammar_from_lark("start: " + " | ".join(json.dumps(option) for option in options))
     if constraint.kind == "regex":
         return LLMatcher.grammar_from_regex(constraint.text)
@@ -96,15 +93,15 @@ def _grammar(constraint: Constraint) -> str:
         try:
             schema = json.loads(constraint.text)
         except json.JSONDecodeError as exc:
-            raise ConstraintError(f"the JSON schema is not JSON: {exc}") from None
+            raise constraint.error(f"the JSON schema is not JSON: {exc}") from None
         try:
             return LLMatcher.grammar_from_json_schema(schema)
         except ValueError as exc:
-            raise ConstraintError(f"invalid JSON schema: {exc}") from None
+            raise constraint.error(f"invalid JSON schema: {exc}") from None
     try:
         return llguidance.grammar_from("grammar", constraint.text)
     except ValueError as exc:
-        raise ConstraintError(str(exc)) from None
+        raise constraint.error(str(exc)) from None
 
 
 def _after_prefix(grammar: str, prefix: bytes) -> str:
@@ -140,7 +137,7 @@ class ConstraintVocabulary:
         self.end_id = tokenizer.boundary_id  # the matcher's end of text
         self._lock = threading.Lock()
         self._view: LLTokenizer | None = None
-        self._line_start_prefix = b""
+        self._line_start_prefix: bytes | None = b""
         self._compiled: OrderedDict[tuple[str, str, bool], LLMatcher] = OrderedDict()
         self._executor: LLExecutor | None = None
 
@@ -153,7 +150,7 @@ class ConstraintVocabulary:
                 self._executor = LLExecutor(num_threads=min(4, os.cpu_count() or 1))
             return self._view
 
-    def _build_view(self) -> tuple[LLTokenizer, bytes]:
+    def _build_view(self) -> tuple[LLTokenizer, bytes | None]:
         tokenizer = self.tokenizer
         specials = {tokenizer.unk_id, self.end_id}
         ordinary = tokenizer.unk_id  # any token but the boundary: what follows it is mid-line
@@ -167,15 +164,15 @@ class ConstraintVocabulary:
             start = tokenizer.piece_bytes(token_id, self.end_id)
             if not middle.endswith(start):
                 raise ConstraintError(
-                    f"token {token_id}: its bytes at a line start are not a suffix of its bytes mid-line"
+                    f"this model's vocabulary cannot be constrained: token {token_id}: its bytes at a line start are not a suffix of its bytes mid-line"
                 )
             tokens.append(middle)
             prefixes.add(middle[: len(middle) - len(start)])
-        if len(prefixes) > 1:
-            raise ConstraintError(f"this vocabulary drops different prefixes at a line start: {sorted(prefixes)}")
         tokens.extend(bytes([b]) for b in range(256))  # past the vocabulary: see the module's docstring
         view = LLTokenizer(TokenizerWrapper(_ByteView(tokens, self.end_id, sorted(specials))))
-        return view, prefixes.pop() if prefixes else b""
+        # One prefix dropped by every token at a line start (b" " for words, b"" for characters), or None: tokens
+        # that drop different ones (a subword vocabulary of "▁word" and "ing"), which no fixed prefix can express.
+        return view, prefixes.pop() if len(prefixes) == 1 else b"" if not prefixes else None
 
     # ---- compiling ----------------------------------------------------------------------
 
@@ -197,22 +194,27 @@ class ConstraintVocabulary:
     def _compile(self, constraint: Constraint, at_line_start: bool) -> LLMatcher:
         size = len(constraint.text.encode("utf-8"))
         if size > self.limits.max_bytes:
-            raise ConstraintError(f"the {constraint.kind} is {size} bytes, over the bound of {self.limits.max_bytes}")
+            raise constraint.error(f"the {constraint.kind} is {size} bytes, over the bound of {self.limits.max_bytes}")
         view = self.view()
         grammar = _grammar(constraint)
         if at_line_start:
+            if self._line_start_prefix is None:
+                raise constraint.error(
+                    "this model's tokens drop different prefixes at a line start, so a constrained text cannot "
+                    "start there: give a prompt that does not end a line"
+                )
             grammar = _after_prefix(grammar, self._line_start_prefix)
         began = time.monotonic()
         matcher = LLMatcher(view, grammar, log_level=0, limits=_parser_limits())
         if matcher.is_error():
-            raise ConstraintError(_first_line(matcher.get_error()))
+            raise constraint.error(_first_line(matcher.get_error()))
         mask = self.masks([matcher])[0]
         if time.monotonic() - began > self.limits.compile_seconds:
-            raise ConstraintError(f"the {constraint.kind} took over {self.limits.compile_seconds} s to compile")
+            raise constraint.error(f"the {constraint.kind} took over {self.limits.compile_seconds} s to compile")
         if matcher.is_error():
-            raise ConstraintError(_first_line(matcher.get_error()))
+            raise constraint.error(_first_line(matcher.get_error()))
         if not bool(mask.any()):
-            raise ConstraintError(f"no token of this model's vocabulary can start text matching the {constraint.kind}")
+            raise constraint.error(f"no token of this model's vocabulary can start text matching the {constraint.kind}")
         return matcher
 
     # ---- the worker's side --------------------------------------------------------------

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from app.engine.beam import BeamJob, BeamRun
-from app.engine.constraint import Constraint, ConstraintError
+from app.engine.constraint import Constraint
 from app.engine.job import Job
 from app.engine.query import FeedJob, NextTokenJob
 from app.engine.sampled import GenerateJob, Generation
@@ -88,6 +88,8 @@ class Engine:
         top_logprobs: int = 0,
     ) -> Generation:
         """Feed `ids` (a prompt, logprobs and `top_logprobs` alternatives kept if asked) once, then sample n choices."""
+        if settings.constraint is not None:
+            self.check_constraint(settings.constraint, start, ids)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         job = GenerateJob(
@@ -103,22 +105,16 @@ class Engine:
         self.scheduler.admit(job)
         return Generation(self, job, queue)
 
-    async def check_constraint(
-        self, constraint: Constraint, start: SequenceState, ids: list[int] | None = None
-    ) -> None:
-        """Compile `constraint` for a generation after `start` and `ids` (cached for it), off the event loop.
+    def check_constraint(self, constraint: Constraint, start: SequenceState, ids: list[int] | None = None) -> None:
+        """Compile `constraint` for a generation after `start` and `ids` (then cached by its text).
 
-        Raises ConstraintError when it is invalid, over a bound (its size, or longer than
-        `constraint_compile_seconds` to compile) or cannot start with this vocabulary.
+        Raises ConstraintError (422) when it is invalid, over a bound (its size, or its
+        compile time: llguidance's fuel limits bound it) or cannot start with this
+        vocabulary. `generate` and `beam` call it before admission, so a refusal comes
+        before any response starts; it runs on the caller's thread (once per text).
         """
         pending = ids[-1] if ids else start.pending
-        at_line_start = pending == self.tokenizer.boundary_id
-        limit = self.scheduler.constraints.limits.compile_seconds
-        compiling = asyncio.to_thread(self.scheduler.constraints.compile, constraint, at_line_start)
-        try:
-            await asyncio.wait_for(compiling, timeout=limit)
-        except TimeoutError:
-            raise ConstraintError(f"the {constraint.kind} took over {limit} s to compile") from None
+        self.scheduler.constraints.compile(constraint, at_line_start=pending == self.tokenizer.boundary_id)
 
     def beam(
         self,
@@ -129,7 +125,7 @@ class Engine:
     ) -> BeamRun:
         """Feed `ids`, then beam-search (never choosing `<unk>` unless the settings allow it).
 
-        Under a `constraint` (checked first with `check_constraint`) the search ends a
+        Under a `constraint` (ConstraintError when it cannot be used) the search ends a
         hypothesis at the constraint's end token, the line boundary, which it keeps as
         its last token (finish "eos"): the text is complete.
         """
@@ -137,6 +133,7 @@ class Engine:
         if not settings.allow_unk and unk_id is not None and unk_id not in settings.banned:
             settings = dataclasses.replace(settings, banned=(*settings.banned, unk_id))
         if constraint is not None:
+            self.check_constraint(constraint, start, ids)
             settings = dataclasses.replace(settings, eos_id=self.tokenizer.boundary_id)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         job = BeamJob(

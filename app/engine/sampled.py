@@ -17,10 +17,10 @@ from llguidance import LLMatcher
 from torch import Tensor
 from typing_extensions import Self
 
-from app.engine.constraint import ConstraintError
 from app.engine.job import Job, Row, Worker
 from app.engine.output import Released, TextOutput
 from app.engine.types import FinishReason, GenerationResult, GenerationSettings, TokenEvent, finite
+from app.errors import ConstraintError
 from model.network import state_tensors
 from model.sampling import SamplerInputs, random_seed, sample
 

@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator
 import jsonschema_rs
 import pytest
 
-from app.engine import Constraint, ConstraintError, Engine, GenerationResult, GenerationSettings
+from app.engine import Constraint, Engine, GenerationResult, GenerationSettings
 from app.engine.constraint import ConstraintLimits, ConstraintVocabulary
+from app.errors import ConstraintError
 from app.settings import Settings
 from model.beam_search import BeamSettings
 from model.checkpoint import Checkpoint
@@ -65,7 +66,7 @@ async def texts(
 ) -> list[tuple[str, GenerationResult]]:
     """n seeded choices under `constraint` after `prompt`: (text, result) each."""
     ids = engine.tokenizer.encode(prompt).ids
-    await engine.check_constraint(constraint, engine.fresh(), ids)
+    engine.check_constraint(constraint, engine.fresh(), ids)
     settings = GenerationSettings(
         max_tokens=int(options.pop("max_tokens", 40)),  # type: ignore[call-overload]
         seed=seed,
@@ -137,7 +138,7 @@ async def test_the_logprobs_reported_are_the_models_own(char_engine: Engine) -> 
     settings = GenerationSettings(
         max_tokens=1, sampling=SamplingParams(temperature=0), constraint=Constraint("regex", "z")
     )
-    await char_engine.check_constraint(settings.constraint, char_engine.fresh(), prompt)  # type: ignore[arg-type]
+    char_engine.check_constraint(settings.constraint, char_engine.fresh(), prompt)  # type: ignore[arg-type]
     async with char_engine.generate(char_engine.fresh(), settings, prompt) as generation:
         events, _ = await generation.collect()
     fed = await char_engine.feed(char_engine.fresh(), prompt)
@@ -150,7 +151,7 @@ async def test_a_seeded_constrained_row_is_the_same_alone_and_amid_others(char_e
     constraint = Constraint("regex", "[a-z ]{3,30}")
     settings = GenerationSettings(max_tokens=30, seed=7, constraint=constraint)
     prompt = char_engine.tokenizer.encode("over the").ids
-    await char_engine.check_constraint(constraint, char_engine.fresh(), prompt)
+    char_engine.check_constraint(constraint, char_engine.fresh(), prompt)
 
     async def one(settings: GenerationSettings) -> list[int]:
         async with char_engine.generate(char_engine.fresh(), settings, prompt) as generation:
@@ -187,7 +188,7 @@ async def test_unusable_constraints_are_refused_with_the_reason(
     word_engine: Engine, constraint: Constraint, message: str
 ) -> None:
     with pytest.raises(ConstraintError, match=re.escape(message)):
-        await word_engine.check_constraint(constraint, word_engine.fresh())
+        word_engine.check_constraint(constraint, word_engine.fresh())
 
 
 def test_a_word_vocabulary_cannot_start_a_character_it_lacks() -> None:
@@ -224,7 +225,7 @@ async def test_a_constrained_beam_search_ends_where_the_text_is_complete(
     ):
         constraint = Constraint("regex", pattern)
         ids = engine.tokenizer.encode(prompt).ids
-        await engine.check_constraint(constraint, engine.fresh(), ids)
+        engine.check_constraint(constraint, engine.fresh(), ids)
         hypotheses = await engine.beam(
             engine.fresh(), BeamSettings(beam_width=4, max_tokens=30), ids, constraint
         ).hypotheses()
@@ -242,7 +243,7 @@ async def test_a_constrained_beam_ranks_by_the_models_own_logprobs(word_engine: 
     """Masking never renormalises: the best choice's log-probability is what scoring it (and the end) gives."""
     options = ["the cat", "a dog", "on the mat"]
     constraint = Constraint.choice(options)
-    await word_engine.check_constraint(constraint, word_engine.fresh())
+    word_engine.check_constraint(constraint, word_engine.fresh())
     search = BeamSettings(beam_width=3, max_tokens=6, with_greedy=False)
     hypotheses = await word_engine.beam(word_engine.fresh(), search, None, constraint).hypotheses()
     scored = {}
