@@ -192,7 +192,12 @@ class ConstraintVocabulary:
         return template.deep_copy()
 
     def _compile(self, constraint: Constraint, at_line_start: bool) -> LLMatcher:
-        size = len(constraint.text.encode("utf-8"))
+        try:
+            size = len(constraint.text.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise constraint.error(
+                f"the {constraint.kind} holds a lone surrogate, which is not valid Unicode"
+            ) from None
         if size > self.limits.max_bytes:
             raise constraint.error(f"the {constraint.kind} is {size} bytes, over the bound of {self.limits.max_bytes}")
         view = self.view()
