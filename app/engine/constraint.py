@@ -8,19 +8,26 @@ constraints (bounded in size and effort, cached by their text) and computes the 
 of a batch of rows in one parallel call.
 
 The byte view. A token adds `piece_bytes(token, previous)`, which for a word model
-depends on the token before: b" word" mid-line, b"word" after the line boundary. The
-view gives every token its *mid-line* bytes (those after an ordinary token). A
-generation that starts at the line boundary (a word model's fresh sequence, or a prompt
-ending in a line break) adds the same bytes less a fixed prefix (b" " for words, b""
-for characters); its matcher is compiled for that prefix followed by the constraint, so
-the constraint is always about the text the client sees, whatever the level.
+depends on the token before: b" word" mid-line, b"word" after the line boundary: the
+space belongs between two words, and a word ends only where the next one (or the end)
+starts. So the view gives a token the bytes it adds at a line start followed by that
+separator, the fixed prefix a token drops at a line start (b"word " for words; for
+characters the separator is empty and a token is its character), and the matcher reads
+the text followed by the separator: the constraint, then the separator. A generation
+that starts mid-line has the separator fed first (as one of the single-byte tokens
+below), since its real text starts with it. A word is thus allowed only if the text can
+go on after it with another word or end there: the view's bytes say where a word ends.
+The constraint is about the text the client sees, whatever the level. (A vocabulary
+whose tokens drop different prefixes, like "▁word" and "ing", gets its mid-line bytes as
+they are and refuses a constraint at a line start.)
 
 The ends. The boundary token (a word model's `<eos>`, a char model's "\\n") is the
 matcher's end of text: allowed only where the text is complete, and it adds nothing, so
 a constrained text is one line. `<unk>` is a special token in the view, which no
 constraint can produce. The view also carries the 256 single bytes as tokens past the
 vocabulary (never allowed, as the mask is cut to the vocabulary): llguidance assumes
-every forced byte string can be tokenized, which a word vocabulary cannot do alone.
+every forced byte string can be tokenized, which a word vocabulary cannot do alone,
+and they are how a separator is fed.
 """
 
 from __future__ import annotations
@@ -104,13 +111,13 @@ def _grammar(constraint: Constraint) -> str:
         raise constraint.error(str(exc)) from None
 
 
-def _after_prefix(grammar: str, prefix: bytes) -> str:
-    """The grammar of `prefix` followed by `grammar` (a reference to it as a nested grammar)."""
-    if not prefix:
+def _then(grammar: str, separator: bytes) -> str:
+    """The grammar of `grammar` followed by `separator` (a reference to it as a nested grammar)."""
+    if not separator:
         return grammar
     top = _top_level(grammar)
     inner = dict(top["grammars"][0], name="constrained")
-    head = {"lark_grammar": f"start: {json.dumps(prefix.decode('utf-8'))} @constrained"}
+    head = {"lark_grammar": f"start: @constrained {json.dumps(separator.decode('utf-8'))}"}
     return json.dumps({**top, "grammars": [head, inner, *top["grammars"][1:]]})
 
 
@@ -137,7 +144,7 @@ class ConstraintVocabulary:
         self.end_id = tokenizer.boundary_id  # the matcher's end of text
         self._lock = threading.Lock()
         self._view: LLTokenizer | None = None
-        self._line_start_prefix: bytes | None = b""
+        self._separator: bytes | None = b""  # what a token drops at a line start; None: not one for all
         self._compiled: OrderedDict[tuple[str, str, bool], LLMatcher] = OrderedDict()
         self._executor: LLExecutor | None = None
 
@@ -146,33 +153,36 @@ class ConstraintVocabulary:
     def view(self) -> LLTokenizer:
         with self._lock:
             if self._view is None:
-                self._view, self._line_start_prefix = self._build_view()
+                self._view, self._separator = self._build_view()
                 self._executor = LLExecutor(num_threads=min(4, os.cpu_count() or 1))
             return self._view
 
     def _build_view(self) -> tuple[LLTokenizer, bytes | None]:
         tokenizer = self.tokenizer
-        specials = {tokenizer.unk_id, self.end_id}
+        special_bytes = {tokenizer.unk_id: b"<unk>", self.end_id: b"<end>"}
         ordinary = tokenizer.unk_id  # any token but the boundary: what follows it is mid-line
-        tokens: list[bytes] = []
+        starts: list[bytes] = []
+        middles: list[bytes] = []
         prefixes: set[bytes] = set()
         for token_id in range(self.vocab_size):
-            if token_id in specials:
-                tokens.append(b"<unk>" if token_id == tokenizer.unk_id else b"<end>")
+            if token_id in special_bytes:
                 continue
             middle = tokenizer.piece_bytes(token_id, ordinary)
             start = tokenizer.piece_bytes(token_id, self.end_id)
             if not middle.endswith(start):
                 raise ConstraintError(
-                    f"this model's vocabulary cannot be constrained: token {token_id}: its bytes at a line start are not a suffix of its bytes mid-line"
+                    f"this model's vocabulary cannot be constrained: token {token_id} adds {start!r} at a line start, "
+                    f"which does not end what it adds mid-line, {middle!r}"
                 )
-            tokens.append(middle)
+            starts.append(start)
+            middles.append(middle)
             prefixes.add(middle[: len(middle) - len(start)])
+        separator = prefixes.pop() if len(prefixes) == 1 else b"" if not prefixes else None
+        pieces = iter(middles if separator is None else [start + separator for start in starts])
+        tokens = [special_bytes[i] if i in special_bytes else next(pieces) for i in range(self.vocab_size)]
         tokens.extend(bytes([b]) for b in range(256))  # past the vocabulary: see the module's docstring
-        view = LLTokenizer(TokenizerWrapper(_ByteView(tokens, self.end_id, sorted(specials))))
-        # One prefix dropped by every token at a line start (b" " for words, b"" for characters), or None: tokens
-        # that drop different ones (a subword vocabulary of "▁word" and "ing"), which no fixed prefix can express.
-        return view, prefixes.pop() if len(prefixes) == 1 else b"" if not prefixes else None
+        view = LLTokenizer(TokenizerWrapper(_ByteView(tokens, self.end_id, sorted(special_bytes))))
+        return view, separator
 
     # ---- compiling ----------------------------------------------------------------------
 
@@ -201,25 +211,29 @@ class ConstraintVocabulary:
         if size > self.limits.max_bytes:
             raise constraint.error(f"the {constraint.kind} is {size} bytes, over the bound of {self.limits.max_bytes}")
         view = self.view()
-        grammar = _grammar(constraint)
-        if at_line_start:
-            if self._line_start_prefix is None:
-                raise constraint.error(
-                    "this model's tokens drop different prefixes at a line start, so a constrained text cannot "
-                    "start there: give a prompt that does not end a line"
-                )
-            grammar = _after_prefix(grammar, self._line_start_prefix)
+        separator = self._separator
+        if at_line_start and separator is None:
+            raise constraint.error(
+                "this model's tokens drop different prefixes at a line start, so a constrained text cannot "
+                "start there: give a prompt that does not end a line"
+            )
         began = time.monotonic()
-        matcher = LLMatcher(view, grammar, log_level=0, limits=_parser_limits())
+        matcher = LLMatcher(view, _then(_grammar(constraint), separator or b""), log_level=0, limits=_parser_limits())
         if matcher.is_error():
             raise constraint.error(_first_line(matcher.get_error()))
+        cannot_start = f"no token of this model's vocabulary can start text matching the {constraint.kind}"
+        if separator and not at_line_start:  # mid-line the text starts with the separator
+            if not matcher.consume_tokens([self.vocab_size + byte for byte in separator]):
+                raise constraint.error(
+                    f"{cannot_start} (after this prompt the text starts with {separator.decode()!r})"
+                )
         mask = self.masks([matcher])[0]
         if time.monotonic() - began > self.limits.compile_seconds:
             raise constraint.error(f"the {constraint.kind} took over {self.limits.compile_seconds} s to compile")
         if matcher.is_error():
             raise constraint.error(_first_line(matcher.get_error()))
         if not bool(mask.any()):
-            raise constraint.error(f"no token of this model's vocabulary can start text matching the {constraint.kind}")
+            raise constraint.error(cannot_start)
         return matcher
 
     # ---- the worker's side --------------------------------------------------------------

@@ -17,7 +17,7 @@ from app.settings import Settings
 from model.beam_search import BeamSettings
 from model.checkpoint import Checkpoint
 from model.sampling import SamplingParams
-from model.tokenizer import CharTokenizer, Tokenizer
+from model.tokenizer import EOS, UNK, CharTokenizer, Tokenizer, WordTokenizer
 from tests.factories import char_tokenizer, tiny_model, word_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -253,3 +253,19 @@ async def test_a_constrained_beam_ranks_by_the_models_own_logprobs(word_engine: 
     best = word_engine.tokenizer.decode(hypotheses[0].ids[:-1], word_engine.tokenizer.boundary_id)
     assert best == max(scored, key=lambda option: scored[option])
     assert hypotheses[0].logprob == pytest.approx(scored[best], abs=1e-4)
+
+
+async def test_a_word_is_allowed_only_where_the_text_can_go_on_after_it() -> None:
+    """ "w21" is a prefix of "w212" as text, but a word model's next token starts a new word: never drawn."""
+    tokenizer = WordTokenizer([UNK, EOS, *(f"w{i}" for i in range(300))])
+    engine = start_engine(tokenizer)
+    try:
+        pattern = "w[0-9]*[02468]( w[0-9]*[02468])*"
+        for prompt in ("", "w1"):  # at a line start, and mid-line (the text then starts with a space)
+            regex = pattern if not prompt else f" {pattern}"
+            out = await texts(engine, Constraint("regex", regex), prompt, n=20, max_tokens=8)
+            for text, result in out:
+                assert re.fullmatch(regex, text), text
+                assert result.finish_reason == "stop" or len(result.token_ids) == 8  # never cut short by a dead end
+    finally:
+        engine.close()
