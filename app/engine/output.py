@@ -84,6 +84,12 @@ class TextOutput:
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stop = StopStringMatcher(stop)
 
+    @property
+    def holds_back(self) -> bool:
+        """Whether text may be held back at some point: stop strings (a partial UTF-8 character, too, but at a
+        dead end that would be lost only as the U+FFFD it flushes to)."""
+        return bool(self._stop.stop)
+
     def push(self, token_id: int, eos_id: int | None, end: FinishReason | None = None) -> Released:
         """Take the next token; `eos_id` ends the text without showing its piece (a line end).
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -21,7 +22,7 @@ from app.engine.job import Job, Row, Worker
 from app.engine.output import Released, TextOutput
 from app.engine.types import FinishReason, GenerationResult, GenerationSettings, TokenEvent, finite
 from app.errors import ConstraintError
-from model.network import state_tensors
+from model.network import State, state_from_tensors, state_tensors
 from model.sampling import SamplerInputs, random_seed, sample
 
 
@@ -86,6 +87,8 @@ class SampledRow(Row):
         # A constrained row: its matcher, and the tokens it allows next (V,) bool on the device, once computed.
         self.matcher: LLMatcher | None = None
         self.allowed: Tensor | None = None
+        self.coming: tuple[Future[Tensor], int] | None = None  # its next mask, being computed (row i of the future's)
+        self.before: tuple[list[Tensor], int] | None = None  # its state before its last token (row i of those)
 
     def banned(self) -> list[int]:
         if self.matcher is not None:  # the constraint decides where the text ends
@@ -105,15 +108,11 @@ class SampledRow(Row):
         the sampler (the log-probabilities reported stay the model's own), so constrained
         and free rows share one forward and one sampler call.
         """
-        if any(row.matcher is not None and row.allowed is None for row in rows):  # a row's first step
-            ended = cls.compute_allowed(
-                worker, [row for row in rows if row.matcher is not None and row.allowed is None]
-            )
-            for row in ended:  # not after a compile check; only a bug gets here
-                row.finish(worker, row.output.end(None, "length"))
-            if ended:
-                live = [i for i, row in enumerate(rows) if row not in ended]
-                rows, logits = [rows[i] for i in live], logits[live]
+        waiting = [row for row in rows if row.matcher is not None and row.allowed is None]
+        ended = cls.receive_allowed(worker, waiting) if waiting else []
+        if ended:
+            live = [i for i, row in enumerate(rows) if row not in ended]
+            rows, logits = [rows[i] for i in live], logits[live]
             if not rows:
                 return
         masked = logits
@@ -147,30 +146,34 @@ class SampledRow(Row):
             values, indices = torch.topk(raw, min(wanted, raw.shape[1]), dim=-1)
             top_values, top_ids = values.tolist(), indices.tolist()
         tokens = ids.tolist()
-        ends = cls.advance_constraints(worker, rows, tokens)
+        ends, going = cls.advance_constraints(worker, rows, tokens)
+        # A row whose output may hold text back (stop strings) gets its next mask now, so that a dead end can
+        # still end it with this token and release that text; the others' masks are computed while the next
+        # forward runs (`request_allowed`, after the tokens are handed over).
+        for row in cls.compute_allowed(worker, [row for row in going if row.output.holds_back]):
+            ends[row] = "length"
         for i, (row, token_id) in enumerate(zip(rows, tokens, strict=True)):
             count = row.settings.top_logprobs
             top = list(zip(top_ids[i][:count], map(finite, top_values[i][:count]), strict=True))
             row.emit(worker, token_id, chosen[i], top, ends.get(row))
         worker.hooks.on_tokens(len(rows))
+        cls.request_allowed(worker, [row for row in going if not row.output.holds_back and row.slot >= 0])
 
     @staticmethod
     def advance_constraints(
         worker: Worker, rows: Sequence[SampledRow], tokens: list[int]
-    ) -> dict[SampledRow, FinishReason]:
-        """Move each constrained row's matcher by its token; how the rows whose text it ends end.
+    ) -> tuple[dict[SampledRow, FinishReason], list[SampledRow]]:
+        """Move each constrained row's matcher by its token: the rows whose text that completes, and the others.
 
         The end token completes the text ("stop"); so does a token after which the
-        constraint can take no more. Every other row's next allowed tokens are computed
-        here, all in one parallel call, so a row that no token of the vocabulary can
-        continue (a character the vocabulary lacks) ends with this token: "length", its
-        text a valid prefix.
+        constraint can take no more.
         """
         ends: dict[SampledRow, FinishReason] = {}
         going: list[SampledRow] = []
         for row, token_id in zip(rows, tokens, strict=True):
             if row.matcher is None:
                 continue
+            row.allowed = None
             if token_id == worker.constraints.end_id:
                 ends[row] = "stop"
             elif not row.matcher.consume_token(token_id):  # the mask allowed it, so this is a bug
@@ -179,19 +182,54 @@ class SampledRow(Row):
                 ends[row] = "stop"
             else:
                 going.append(row)
-        for row in SampledRow.compute_allowed(worker, going):
-            ends[row] = "length"
-        return ends
+        return ends, going
 
     @staticmethod
     def compute_allowed(worker: Worker, rows: Sequence[SampledRow]) -> list[SampledRow]:
-        """Each constrained row's next allowed tokens (V,) on the device, in one parallel call; the rows with none."""
+        """Each row's next allowed tokens (V,) on the device, now; the rows with none (a dead end)."""
         if not rows:
             return []
         allowed = worker.constraints.masks([row.matcher for row in rows if row.matcher is not None], worker.device)
         for row, mask in zip(rows, allowed, strict=True):
             row.allowed = mask
         return [row for row, ok in zip(rows, allowed.any(dim=1).tolist(), strict=True) if not ok]
+
+    @staticmethod
+    def request_allowed(worker: Worker, rows: Sequence[SampledRow]) -> None:
+        """Start computing the rows' next masks in the background, to overlap the next forward.
+
+        Each row keeps its state from before its last token, so that a dead end found
+        next tick still ends it exactly: "length", with the state after its last token
+        (that token pending).
+        """
+        if not rows:
+            return
+        slots = torch.tensor([row.slot for row in rows], device=worker.device)
+        before = [tensor[:, slots] for tensor in worker.pool.tensors]  # copies, (layers, R, hidden) each
+        coming = worker.constraints.masks_later([row.matcher for row in rows if row.matcher is not None])
+        for i, row in enumerate(rows):
+            row.coming, row.before = (coming, i), (before, i)
+
+    @classmethod
+    def receive_allowed(cls, worker: Worker, rows: Sequence[SampledRow]) -> list[SampledRow]:
+        """The masks of rows that wait for one (computed now for a first step); end the rows at a dead end."""
+        first = [row for row in rows if row.coming is None]
+        dead = cls.compute_allowed(worker, first)  # not after the compile check: only a bug ends one here
+        for future in dict.fromkeys(row.coming[0] for row in rows if row.coming is not None):
+            allowed = future.result().to(worker.device)  # (R, V)
+            for row in rows:
+                if row.coming is not None and row.coming[0] is future:
+                    row.allowed = allowed[row.coming[1]]
+                    row.coming = None
+                    if not bool(row.allowed.any()):
+                        dead.append(row)
+        for row in dead:
+            state = None
+            if row.before is not None:
+                before, i = row.before
+                state = state_from_tensors([tensor[:, i : i + 1] for tensor in before])
+            row.finish(worker, row.output.end(None, "length"), state)
+        return dead
 
     def emit(
         self, worker: Worker, token_id: int, logprob: float, top: list[tuple[int, float]], end: FinishReason | None
@@ -211,11 +249,14 @@ class SampledRow(Row):
         if released.finish is not None:
             self.finish(worker, released)
 
-    def finish(self, worker: Worker, released: Released) -> None:
-        """The choice has ended: its result, with the state after its tokens, and the row leaves."""
+    def finish(self, worker: Worker, released: Released, state: State | None = None) -> None:
+        """The choice has ended: its result, with the state before its last token (that token pending), and the row leaves.
+
+        That state is the row's in the pool unless given (a dead end found a tick later).
+        """
         assert released.finish is not None
         job = self.generate_job
-        state = worker.pool.copy_state(self)
+        state = worker.pool.copy_state(self) if state is None else state
         end = job.fed_end().after(state, self.generated) if self.generated else job.fed_end()
         job.end_choice(
             worker,

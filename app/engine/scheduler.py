@@ -73,6 +73,7 @@ class Scheduler:
             self._closing = True
             self._lock.notify()
         self._thread.join(timeout=10)
+        self.constraints.close()
 
     @property
     def alive(self) -> bool:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import jsonschema_rs
 import pytest
+import torch
 
 from app.engine import Constraint, Engine, GenerationResult, GenerationSettings
 from app.engine.constraint import ConstraintLimits, ConstraintVocabulary
@@ -269,3 +270,18 @@ async def test_a_word_is_allowed_only_where_the_text_can_go_on_after_it() -> Non
                 assert result.finish_reason == "stop" or len(result.token_ids) == 8  # never cut short by a dead end
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("stop", [(), ("zz",)])  # masks computed while the next forward runs, or at once
+async def test_a_dead_end_ends_with_length_and_the_exact_state(char_engine: Engine, stop: tuple[str, ...]) -> None:
+    """After "ab" the choice needs "@", which the vocabulary lacks: the text stops there, a valid prefix."""
+    prompt = char_engine.tokenizer.encode("the ").ids
+    settings = GenerationSettings(max_tokens=10, constraint=Constraint.choice(["ab@"]), stop=stop)
+    async with char_engine.generate(char_engine.fresh(), settings, prompt) as generation:
+        events, result = await generation.collect()
+    assert "".join(event.text for event in events) == "ab" and result.finish_reason == "length"
+    fed = await char_engine.feed(char_engine.fresh(), char_engine.tokenizer.encode("the ab").ids)
+    assert result.end.pending == fed.end.pending
+    after_generation = await char_engine.next_token(result.end)
+    after_feeding = await char_engine.next_token(fed.end)
+    torch.testing.assert_close(after_generation.logprobs, after_feeding.logprobs, rtol=1e-5, atol=1e-5)
