@@ -1,11 +1,11 @@
 """Constrained decoding: a regex, a choice, a JSON schema or a grammar that the generated text must follow.
 
-The matching is llguidance's (Moskal et al., "llguidance"; the Earley parser and lazy
-lexer behind vLLM's and SGLang's guided decoding): it sees the vocabulary as the bytes
+The matching is llguidance's (guidance-ai's Earley parser with a lazy regex lexer, one of
+the guided-decoding backends of vLLM and SGLang): it sees the vocabulary as the bytes
 each token adds, and each step gives a bitmask of the tokens that keep the text a
 prefix of the language. This module builds that byte view once per model, compiles
 constraints (bounded in size and effort, cached by their text) and computes the masks
-of a batch of rows in one parallel call.
+of a batch of rows (one call per row, on a background thread while the next forward runs).
 
 The byte view. A token adds `piece_bytes(token, previous)`, which for a word model
 depends on the token before: b" word" mid-line, b"word" after the line boundary: the
