@@ -21,12 +21,14 @@ from typing_extensions import Self
 from app.engine.constraint import ConstraintVocabulary
 from app.engine.types import Hooks, SequenceState, Top
 from app.state_pool import Slotted, StatePool
+from model.network import RNNLM
 from model.tokenizer import Tokenizer
 
 
 class Worker(Protocol):
     """What a job or a row kind may ask of the scheduler's worker thread."""
 
+    model: RNNLM
     tokenizer: Tokenizer
     device: torch.device
     pool: StatePool[Row]  # the decode rows' states, pending tokens and histories

@@ -7,6 +7,7 @@ every choice has finished; `results` then holds each choice's GenerationResult.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Future
@@ -18,11 +19,13 @@ from llguidance import LLMatcher
 from torch import Tensor
 from typing_extensions import Self
 
+from app.engine.constraint import Constraint
 from app.engine.job import Job, Row, Worker
 from app.engine.output import Released, TextOutput
 from app.engine.types import FinishReason, GenerationResult, GenerationSettings, TokenEvent, finite
 from app.errors import ConstraintError
-from model.network import State, state_from_tensors, state_tensors
+from model.inference import feed_tokens
+from model.network import State, cat_states, state_from_tensors, state_tensors
 from model.sampling import SamplerInputs, random_seed, sample
 
 
@@ -46,6 +49,8 @@ class GenerateJob(Job):
         constraint = self.settings.constraint
         try:
             at_line_start = self.pending == worker.tokenizer.boundary_id
+            if constraint is not None and constraint.kind == "choice" and self.settings.sampling.temperature == 0:
+                constraint = self.likeliest_choice(worker, constraint, at_line_start)
             matchers = (
                 [worker.constraints.compile(constraint, at_line_start) for _ in range(self.n)] if constraint else []
             )
@@ -61,6 +66,34 @@ class GenerateJob(Job):
             row.matcher = matchers[choice] if matchers else None
             self.rows.append(row)
             worker.pool.add(row, start, self.pending, self.settings.history if row.uses_history else None)
+
+    def likeliest_choice(self, worker: Worker, constraint: Constraint, at_line_start: bool) -> Constraint:
+        """Greedy over a choice is the option the model finds likeliest whole: the one /v1/score ranks first.
+
+        Token by token, greedy would take the option with the likeliest first token. So the
+        options are scored after the prompt in one padded forward and the best one that
+        the vocabulary can spell becomes the constraint, which the row then generates as
+        usual (its events and log-probabilities are the model's).
+        """
+        tokenizer = worker.tokenizer
+        options = [option for option in json.loads(constraint.text) if isinstance(option, str)]
+        spelled = [(option, tokenizer.encode(option).ids) for option in options]
+        spelled = [(option, ids) for option, ids in spelled if ids and tokenizer.unk_id not in ids]
+        if len(spelled) < 2:
+            return constraint
+        count = len(spelled)
+        logprobs, _, _ = feed_tokens(
+            worker.model, cat_states([self.state] * count), [self.pending] * count, [ids for _, ids in spelled]
+        )
+        ranked = sorted(zip(spelled, logprobs, strict=True), key=lambda item: -float(item[1].double().sum()))
+        for (option, _), _ in ranked:
+            best = Constraint.choice([option], constraint.field)
+            try:
+                worker.constraints.compile(best, at_line_start)  # its text may not be one the row can generate
+            except ConstraintError:
+                continue
+            return best
+        return constraint
 
     def end_choice(self, worker: Worker, row: SampledRow, result: GenerationResult) -> None:
         """One choice has finished: its row leaves the batch; the job leaves with its last choice."""

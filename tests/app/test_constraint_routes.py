@@ -94,7 +94,13 @@ async def test_200_seeded_completions_under_a_regex_all_full_match_it(
 
 @pytest.mark.parametrize(
     ("model", "prompt", "options"),
-    [("char", "the ", ["c", "d", "f", "q"]), ("word", "the cat", [" sat", " on", " and"])],
+    [
+        ("char", "the ", ["c", "d", "f", "q"]),
+        ("char", "the ", ["hello world", "lazy dog", "quick brown fox", "he"]),  # whole options, not first tokens
+        ("word", "the cat", [" sat", " on", " and"]),
+        ("word", "the cat", [" sat on the mat", " and a dog", " on the log", " sat"]),
+        ("word", "", ["the cat sat", "a dog", "the dog"]),  # at a line start
+    ],
 )
 async def test_choice_returns_a_choice_and_greedy_returns_the_one_score_ranks_first(
     client: httpx.AsyncClient, model: str, prompt: str, options: list[str]
