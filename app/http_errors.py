@@ -97,9 +97,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _documented("the body is not valid JSON or not UTF-8"),
     401: _documented("API keys are on and the call has no valid one"),
     404: _documented("unknown model or session (or another key's session); an API not offered (type unsupported)"),
-    409: _documented("a session at another version, of another model, or unreadable"),
+    409: _documented("a session at another version, of another model, or unreadable; a session file of other weights"),
     413: _documented("over a published size limit (named in the message)"),
-    415: _documented("the body is not application/json"),
+    415: _documented("the body is not application/json (a session file to import: not application/octet-stream)"),
     422: _documented("a field is missing, of the wrong type or out of range"),
     429: _documented("the server is full (max_active_sequences, max_queued_requests)"),
     503: _documented("the session store (Redis) or the engine is unavailable"),
@@ -141,11 +141,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    """The methods the API publishes for this path (from the OpenAPI schema, which sees every router)."""
+    """The methods the API publishes for this path (from the OpenAPI schema, which sees every router).
+
+    As OpenAPI matches paths, a concrete path (`/v1/sessions/import`) wins over a templated one
+    that also matches it (`/v1/sessions/{session_id}`).
+    """
+    paths: dict[str, dict[str, Any]] = request.app.openapi().get("paths", {})
+    matching = [template for template in paths if compile_path(template)[0].match(request.url.path)]
+    concrete = [template for template in matching if "{" not in template]
     methods: set[str] = set()
-    for template, operations in request.app.openapi().get("paths", {}).items():
-        if compile_path(template)[0].match(request.url.path):
-            methods |= {method.upper() for method in operations}
+    for template in concrete or matching:
+        methods |= {method.upper() for method in paths[template]}
     return sorted(methods | ({"HEAD"} if "GET" in methods else set()))
 
 

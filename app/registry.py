@@ -13,7 +13,7 @@ from app.errors import NotFound
 from app.metrics import Metrics
 from app.pairing import PairingError, Pairs, find_pairs
 from app.settings import Settings
-from model.checkpoint import CONFIG_FILE, Checkpoint, CheckpointError, load_checkpoint
+from model.checkpoint import CONFIG_FILE, Checkpoint, CheckpointError, load_checkpoint, weights_sha256
 from model.network import count_parameters
 
 logger = logging.getLogger("app")
@@ -28,6 +28,7 @@ class ServedModel:
     id: str
     checkpoint: Checkpoint
     engine: Engine
+    sha256: str  # of the weights file, read at load: a session state fits only these weights
 
     @property
     def level(self) -> str:
@@ -119,4 +120,4 @@ def _serve(directory: Path, device: torch.device, settings: Settings, metrics: M
         on_prefix_bytes=metrics.prefix_cache_bytes.labels(model_id).set,
     )
     engine = Engine(checkpoint, settings, hooks)
-    return ServedModel(id=model_id, checkpoint=checkpoint, engine=engine)
+    return ServedModel(id=model_id, checkpoint=checkpoint, engine=engine, sha256=weights_sha256(directory))

@@ -103,27 +103,35 @@ def feed_tokens_with_top(
     top_ids = torch.zeros(batch_size, max_len, top, dtype=torch.long, device=device)
     cuts = cuts or [[] for _ in texts]
     snapshots: list[list[State]] = [[] for _ in texts]
-    ends = sorted({*range(SCORE_CHUNK, max_len, SCORE_CHUNK), *(n for row in cuts for n in row), max_len} - {0})
-    start = 0
-    for stop in ends:
-        active = torch.nonzero(lengths > start).flatten()  # rows with tokens left
-        chunk_lengths = (lengths[active] - start).clamp(max=stop - start)
-        stop = start + int(chunk_lengths.max())
-        rows = active.to(device)
-        sub_state = select_state(state, rows)
-        output, sub_state = model.encode(inputs[rows, start:stop], sub_state, chunk_lengths)  # (b, t, H)
-        state = _scatter_state(state, rows, sub_state)
+    for start in range(0, max_len, SCORE_CHUNK):
+        stop = min(start + SCORE_CHUNK, max_len)
+        window = torch.nonzero(lengths > start).flatten().to(device)  # rows with tokens in this window
+        # The recurrence runs in pieces split at the cuts (to copy states out there); the
+        # decoder and the log-softmax run once over the window's outputs.
+        outputs = model.decoder.weight.new_zeros(batch_size, stop - start, model.config.hidden_size)
+        piece_start = start
+        for piece_stop in sorted({n for row in cuts for n in row if start < n < stop} | {stop}):
+            active = torch.nonzero(lengths > piece_start).flatten()
+            piece_lengths = (lengths[active] - piece_start).clamp(max=piece_stop - piece_start)
+            end = piece_start + int(piece_lengths.max())
+            rows = active.to(device)
+            sub_state = select_state(state, rows)
+            output, sub_state = model.encode(inputs[rows, piece_start:end], sub_state, piece_lengths)  # (b, t, H)
+            state = _scatter_state(state, rows, sub_state)
+            outputs[rows, piece_start - start : end - start] = output
+            for row, row_cuts in enumerate(cuts):
+                if end in row_cuts:
+                    snapshots[row].append(
+                        state_from_tensors([t[:, row : row + 1].clone() for t in state_tensors(state)])
+                    )
+            piece_start = end
         if with_logprobs:
-            chunk = F.log_softmax(model.decode(output).float(), dim=-1)  # (b, t, V)
-            picked = chunk.gather(-1, targets[rows, start:stop].unsqueeze(-1)).squeeze(-1)  # (b, t)
-            logprobs[rows, start:stop] = picked
+            chunk = F.log_softmax(model.decode(outputs[window]).float(), dim=-1)  # (b, t, V)
+            picked = chunk.gather(-1, targets[window, start:stop].unsqueeze(-1)).squeeze(-1)  # (b, t)
+            logprobs[window, start:stop] = picked
             if top:
                 values, ids = torch.topk(chunk, top, dim=-1)  # (b, t, k)
-                top_values[rows, start:stop], top_ids[rows, start:stop] = values, ids
-        for row, row_cuts in enumerate(cuts):
-            if stop in row_cuts:
-                snapshots[row].append(state_from_tensors([t[:, row : row + 1].clone() for t in state_tensors(state)]))
-        start = stop
+                top_values[window, start:stop], top_ids[window, start:stop] = values, ids
     new_pending = [tokens[-1] if tokens else pending[row] for row, tokens in enumerate(texts)]
     per_row = [
         logprobs[row, : len(tokens)].cpu() if with_logprobs else torch.zeros(0) for row, tokens in enumerate(texts)

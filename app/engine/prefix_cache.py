@@ -9,6 +9,12 @@ by the token ids fed from a fresh start, with the log-probabilities of those tok
 gets the same numbers from the cache as from feeding. One cache per engine, so per
 loaded checkpoint: an entry can never answer for another model. Bounded in bytes;
 least recently used entries go first. Touched only by the engine's worker thread.
+
+Where a prompt leaves the ones fed before it (the end of a shared context, before each
+answer of a multiple-choice item) is worth a state of its own: the cache remembers, for
+each entry, the last few prompts that went on from it (`followers`), and `divergence`
+tells the engine where a new prompt parts from them, so it keeps a state there too and
+the next answer starts right after the context.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from torch import Tensor
 from model.network import State, state_tensors
 
 INTERVAL = 32  # tokens between cached states of one prompt: fewer forwards split vs. more of a prompt reused
+FOLLOWERS = 16  # prompts remembered after each cached state, to find where a new one leaves them
 ENTRY_OVERHEAD = 256  # bytes of Python bookkeeping counted per entry besides its tensors and key
 
 
@@ -52,6 +59,7 @@ class PrefixCache:
         self._entries: OrderedDict[tuple[int, ...], CachedPrefix] = OrderedDict()
         self._lengths: list[int] = []  # the distinct key lengths held, sorted
         self._length_counts: Counter[int] = Counter()
+        self._followers: dict[tuple[int, ...], OrderedDict[tuple[int, ...], None]] = {}
         self.nbytes = 0
 
     @property
@@ -76,10 +84,33 @@ class PrefixCache:
         self._on_lookup(found[0] - after if found else 0)
         return found
 
+    def divergence(self, key: tuple[int, ...], at: int) -> int:
+        """How far `key` goes along the prompts that went on from its first `at` tokens (at least `at`)."""
+        longest = at
+        for follower in self._followers.get(key[:at], ()):
+            same = at
+            while same < min(len(key), len(follower)) and key[same] == follower[same]:
+                same += 1
+            longest = max(longest, same)
+        return longest
+
     def put(
-        self, key: tuple[int, ...], state: State, logprobs: Tensor | None, tops: tuple[Tensor, Tensor] | None
+        self,
+        key: tuple[int, ...],
+        state: State,
+        logprobs: Tensor | None,
+        tops: tuple[Tensor, Tensor] | None,
+        parent: int = 0,
     ) -> None:
-        """Keep the state after `key` (unless an entry at least as complete is there already)."""
+        """Keep the state after `key` (unless an entry at least as complete is there already).
+
+        `parent`: the length of the prefix the prompt went on from (its previous cached point).
+        """
+        followers = self._followers.setdefault(key[:parent], OrderedDict())
+        followers[key] = None
+        followers.move_to_end(key)
+        if len(followers) > FOLLOWERS:
+            followers.popitem(last=False)
         old = self._entries.get(key)
         top_k = 0 if tops is None else int(tops[0].shape[1])
         if old is not None and old.serves(logprobs is not None, top_k):
@@ -103,6 +134,7 @@ class PrefixCache:
 
     def _drop(self, key: tuple[int, ...]) -> None:
         entry = self._entries.pop(key)
+        self._followers.pop(key, None)
         self.nbytes -= entry.nbytes
         self._length_counts[len(key)] -= 1
         if self._length_counts[len(key)] == 0:

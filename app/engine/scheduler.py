@@ -190,6 +190,8 @@ class Scheduler:
         before = len(job.history)
         key = (*job.history, *job.ids)
         hit = self.cache.longest(key, before, job.with_logprobs, job.top_logprobs)
+        job.cached_upto = hit[0] if hit else before
+        job.parts_at = self.cache.divergence(key, job.cached_upto)
         if hit is None:
             return
         length, entry = hit
@@ -255,15 +257,16 @@ class Scheduler:
             job.start(self)
 
     def _cache_cuts(self, job: Job, length: int) -> list[int]:
-        """Where in its next `length` ids a job's state is worth caching: every INTERVAL tokens from a fresh start, and its end."""
+        """Where in its next `length` ids a job's state is worth caching: every INTERVAL tokens from the
+        fresh start, where it leaves the prompts before it, and at its end."""
         if not self.cache.enabled or job.history is None or not length:
             return []
         start = len(job.history) + job.fed  # tokens from the fresh start before this chunk
         end = len(job.history) + len(job.ids)
-        cuts = [n - start for n in range(start - start % INTERVAL + INTERVAL, start + length + 1, INTERVAL)]
-        if start + length == end and (not cuts or cuts[-1] != length):
-            cuts.append(length)
-        return cuts
+        points = {*range(start - start % INTERVAL + INTERVAL, start + length + 1, INTERVAL), job.parts_at}
+        if start + length == end:
+            points.add(end)
+        return sorted(n - start for n in points if start < n <= start + length)
 
     def _cache(self, job: Job, fed: int, state: State) -> None:
         """Keep the state after the job's first `fed` ids, with their logprobs when they go back to a fresh start."""
@@ -277,7 +280,9 @@ class Scheduler:
                 torch.tensor([[v for _, v in top] for top in job.fed_top[:fed]], dtype=torch.float64),
             )
         kept = state_from_tensors([t.clone() for t in state_tensors(state)])  # not a view into the batch
-        self.cache.put((*job.history, *job.ids[:fed]), kept, logprobs, tops)
+        key = (*job.history, *job.ids[:fed])
+        self.cache.put(key, kept, logprobs, tops, parent=job.cached_upto)
+        job.cached_upto = len(key)
 
     def _decode_step(self) -> None:
         """Advance every decode row by one token in one forward, then step each row kind on its rows."""

@@ -85,6 +85,20 @@ async def test_next_token_and_seeded_generations_are_the_same_with_the_cache(
     assert max(saved) == len(ids)
 
 
+async def test_the_answers_of_one_question_start_right_after_their_context(
+    engines: tuple[Engine, Engine, list[int]],
+) -> None:
+    """The second answer keeps a state where it leaves the first; every later one starts there."""
+    _, on, saved = engines
+    context = on.tokenizer.encode(CONTEXT).ids
+    answers = [on.tokenizer.encode(answer).ids for answer in ("pig", "cow", "hen", "ant")]
+    assert len({answer[0] for answer in answers}) == len(answers)  # they part right after the context
+    for answer in answers:
+        await on.feed(on.fresh(), context + answer)
+    assert saved[0] == 0 and saved[1] == len(context) - len(context) % INTERVAL
+    assert saved[2:] == [len(context), len(context)]
+
+
 async def test_an_autocomplete_prefix_growing_by_a_word_feeds_a_flat_number_of_tokens(
     engines: tuple[Engine, Engine, list[int]],
 ) -> None:
