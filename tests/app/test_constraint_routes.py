@@ -295,3 +295,11 @@ async def test_every_surface_hands_the_engine_the_same_constraint(
 
 def test_a_suffix_fill_refuses_every_constraint_field() -> None:
     assert set(CONSTRAINT_FIELDS) <= set(SUFFIX_CONFLICTS)
+
+
+async def test_a_constraint_slower_to_compile_than_the_bound_is_refused(make_client: ClientFactory) -> None:
+    """The bound is a setting; a microsecond makes any constraint too slow (a real one takes about a millisecond)."""
+    async with make_client(constraint_compile_seconds=1e-6) as client:
+        response = await client.post("/v1/generate", json={"prompt": "a", "guided_regex": "(a|b)*a(a|b){30}"})
+    assert response.status_code == 422
+    assert "took over 1e-06 s to compile" in response.json()["error"]["message"]
