@@ -20,7 +20,8 @@ The parts, each a module:
 - job.py: what a job and a decode row are; query.py, sampled.py and beam.py: the kinds
   (plain feeds and next-token queries, sampled generation, beam search);
 - constraint.py: constrained decoding (a regex, choice, JSON schema or grammar), llguidance's
-  matchers over the model's byte view, their masks applied before the sampler;
+  matchers over the model's byte view; constrained.py: what a constraint asks of a sampled
+  row each tick (its masks, applied before the sampler, and how it ends);
 - output.py: generated ids to text (UTF-8 assembly and stop strings); types.py: the
   values that go in and come out.
 """

@@ -7,9 +7,8 @@ every choice has finished; `results` then holds each choice's GenerationResult.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, Protocol
@@ -19,13 +18,12 @@ from llguidance import LLMatcher
 from torch import Tensor
 from typing_extensions import Self
 
-from app.engine.constraint import Constraint
+from app.engine import constrained
 from app.engine.job import Job, Row, Worker
 from app.engine.output import Released, TextOutput
 from app.engine.types import FinishReason, GenerationResult, GenerationSettings, TokenEvent, finite
 from app.errors import ConstraintError
-from model.inference import feed_tokens
-from model.network import State, cat_states, state_from_tensors, state_tensors
+from model.network import State, state_tensors
 from model.sampling import SamplerInputs, random_seed, sample
 
 
@@ -50,7 +48,7 @@ class GenerateJob(Job):
         try:
             at_line_start = self.pending == worker.tokenizer.boundary_id
             if constraint is not None and constraint.kind == "choice" and self.settings.sampling.temperature == 0:
-                constraint = self.likeliest_choice(worker, constraint, at_line_start)
+                constraint = constrained.likeliest_choice(worker, self.state, self.pending, constraint, at_line_start)
             matchers = (
                 [worker.constraints.compile(constraint, at_line_start) for _ in range(self.n)] if constraint else []
             )
@@ -66,34 +64,6 @@ class GenerateJob(Job):
             row.matcher = matchers[choice] if matchers else None
             self.rows.append(row)
             worker.pool.add(row, start, self.pending, self.settings.history if row.uses_history else None)
-
-    def likeliest_choice(self, worker: Worker, constraint: Constraint, at_line_start: bool) -> Constraint:
-        """Greedy over a choice is the option the model finds likeliest whole: the one /v1/score ranks first.
-
-        Token by token, greedy would take the option with the likeliest first token. So the
-        options are scored after the prompt in one padded forward and the best one that
-        the vocabulary can spell becomes the constraint, which the row then generates as
-        usual (its events and log-probabilities are the model's).
-        """
-        tokenizer = worker.tokenizer
-        options = [option for option in json.loads(constraint.text) if isinstance(option, str)]
-        spelled = [(option, tokenizer.encode(option).ids) for option in options]
-        spelled = [(option, ids) for option, ids in spelled if ids and tokenizer.unk_id not in ids]
-        if len(spelled) < 2:
-            return constraint
-        count = len(spelled)
-        logprobs, _, _ = feed_tokens(
-            worker.model, cat_states([self.state] * count), [self.pending] * count, [ids for _, ids in spelled]
-        )
-        ranked = sorted(zip(spelled, logprobs, strict=True), key=lambda item: -float(item[1].double().sum()))
-        for (option, _), _ in ranked:
-            best = Constraint.choice([option], constraint.field)
-            try:
-                worker.constraints.compile(best, at_line_start)  # its text may not be one the row can generate
-            except ConstraintError:
-                continue
-            return best
-        return constraint
 
     def end_choice(self, worker: Worker, row: SampledRow, result: GenerationResult) -> None:
         """One choice has finished: its row leaves the batch; the job leaves with its last choice."""
@@ -142,16 +112,16 @@ class SampledRow(Row):
         and free rows share one forward and one sampler call.
         """
         waiting = [row for row in rows if row.matcher is not None and row.allowed is None]
-        ended = cls.receive_allowed(worker, waiting) if waiting else []
+        ended = constrained.receive(worker, waiting) if waiting else []
         if ended:
             live = [i for i, row in enumerate(rows) if row not in ended]
             rows, logits = [rows[i] for i in live], logits[live]
             if not rows:
                 return
         masked = logits
-        constrained = [i for i, row in enumerate(rows) if row.allowed is not None]
-        if constrained:
-            positions = torch.tensor(constrained, device=logits.device)
+        masked_rows = [i for i, row in enumerate(rows) if row.allowed is not None]
+        if masked_rows:
+            positions = torch.tensor(masked_rows, device=logits.device)
             allowed = torch.stack([row.allowed for row in rows if row.allowed is not None])  # (C, V)
             masked = logits.index_put((positions,), logits[positions].masked_fill(~allowed, -math.inf))
         pool = worker.pool
@@ -179,90 +149,18 @@ class SampledRow(Row):
             values, indices = torch.topk(raw, min(wanted, raw.shape[1]), dim=-1)
             top_values, top_ids = values.tolist(), indices.tolist()
         tokens = ids.tolist()
-        ends, going = cls.advance_constraints(worker, rows, tokens)
+        ends, going = constrained.advance(worker, rows, tokens)
         # A row whose output may hold text back (stop strings) gets its next mask now, so that a dead end can
         # still end it with this token and release that text; the others' masks are computed while the next
-        # forward runs (`request_allowed`, after the tokens are handed over).
-        for row in cls.compute_allowed(worker, [row for row in going if row.output.holds_back]):
+        # forward runs (`allowed_later`, once the tokens are handed over).
+        for row in constrained.allowed_now(worker, [row for row in going if row.output.holds_back]):
             ends[row] = "length"
         for i, (row, token_id) in enumerate(zip(rows, tokens, strict=True)):
             count = row.settings.top_logprobs
             top = list(zip(top_ids[i][:count], map(finite, top_values[i][:count]), strict=True))
             row.emit(worker, token_id, chosen[i], top, ends.get(row))
         worker.hooks.on_tokens(len(rows))
-        cls.request_allowed(worker, [row for row in going if not row.output.holds_back and row.slot >= 0])
-
-    @staticmethod
-    def advance_constraints(
-        worker: Worker, rows: Sequence[SampledRow], tokens: list[int]
-    ) -> tuple[dict[SampledRow, FinishReason], list[SampledRow]]:
-        """Move each constrained row's matcher by its token: the rows whose text that completes, and the others.
-
-        The end token completes the text ("stop"); so does a token after which the
-        constraint can take no more.
-        """
-        ends: dict[SampledRow, FinishReason] = {}
-        going: list[SampledRow] = []
-        for row, token_id in zip(rows, tokens, strict=True):
-            if row.matcher is None:
-                continue
-            row.allowed = None
-            if token_id == worker.constraints.end_id:
-                ends[row] = "stop"
-            elif not row.matcher.consume_token(token_id):  # the mask allowed it, so this is a bug
-                raise RuntimeError(f"the constraint refused token {token_id}: {row.matcher.get_error()}")
-            elif row.matcher.is_stopped():
-                ends[row] = "stop"
-            else:
-                going.append(row)
-        return ends, going
-
-    @staticmethod
-    def compute_allowed(worker: Worker, rows: Sequence[SampledRow]) -> list[SampledRow]:
-        """Each row's next allowed tokens (V,) on the device, now; the rows with none (a dead end)."""
-        if not rows:
-            return []
-        allowed = worker.constraints.masks([row.matcher for row in rows if row.matcher is not None], worker.device)
-        for row, mask in zip(rows, allowed, strict=True):
-            row.allowed = mask
-        return [row for row, ok in zip(rows, allowed.any(dim=1).tolist(), strict=True) if not ok]
-
-    @staticmethod
-    def request_allowed(worker: Worker, rows: Sequence[SampledRow]) -> None:
-        """Start computing the rows' next masks in the background, to overlap the next forward.
-
-        Each row keeps its state from before its last token, so that a dead end found
-        next tick still ends it exactly: "length", with the state after its last token
-        (that token pending).
-        """
-        if not rows:
-            return
-        slots = torch.tensor([row.slot for row in rows], device=worker.device)
-        before = [tensor[:, slots] for tensor in worker.pool.tensors]  # copies, (layers, R, hidden) each
-        coming = worker.constraints.masks_later([row.matcher for row in rows if row.matcher is not None])
-        for i, row in enumerate(rows):
-            row.coming, row.before = (coming, i), (before, i)
-
-    @classmethod
-    def receive_allowed(cls, worker: Worker, rows: Sequence[SampledRow]) -> list[SampledRow]:
-        """The masks of rows that wait for one (computed now for a first step); end the rows at a dead end."""
-        first = [row for row in rows if row.coming is None]
-        dead = cls.compute_allowed(worker, first)  # not after the compile check: only a bug ends one here
-        for future in dict.fromkeys(row.coming[0] for row in rows if row.coming is not None):
-            allowed = future.result().to(worker.device)  # (R, V)
-            for row in rows:
-                if row.coming is not None and row.coming[0] is future:
-                    row.allowed = allowed[row.coming[1]]
-                    row.coming = None
-                    if not bool(row.allowed.any()):
-                        dead.append(row)
-        for row in dead:
-            state = None
-            if row.before is not None:
-                before, i = row.before
-                state = state_from_tensors([tensor[:, i : i + 1] for tensor in before])
-            row.finish(worker, row.output.end(None, "length"), state)
-        return dead
+        constrained.allowed_later(worker, [row for row in going if not row.output.holds_back and row.slot >= 0])
 
     def emit(
         self, worker: Worker, token_id: int, logprob: float, top: list[tuple[int, float]], end: FinishReason | None
