@@ -9,15 +9,18 @@ clients each stream a generation of the same length from the server with the giv
 sampling settings. Prints tokens/s, the share of the ceiling and the speed-up over one
 client, measured side by side in one run.
 
-With `--regex PATTERN` every client count is measured twice in the same run, free and
-with every request constrained to the regex (`structured_outputs.regex`; the vocabulary
-is `w0 .. w9997`, and a text from an empty prompt starts at a line start, so e.g.
-`'w[0-9]*[02468]( w[0-9]*[02468])*'` allows the words that end in an even digit), and
-the mask cost per decode step is measured alone: llguidance's masks for that many rows
-along a random walk of allowed tokens, as the engine computes them each tick.
+With `--regex PATTERN` every client count is measured in the same run free and with
+every request constrained to the regex (`structured_outputs.regex`; the vocabulary is
+`w0 .. w9997`, and a text from an empty prompt starts at a line start, so e.g.
+`'w[0-9]*[02468]( w[0-9]*[02468])*'` allows the words that end in an even digit), each
+the median of `--repeat` alternating runs; then the mask cost per decode step alone:
+llguidance's masks for that many rows along a random walk of allowed tokens, as the
+engine computes them each tick. Run it with PYTHONPATH=. so that the server started is
+this checkout's.
 
     nice .venv/bin/python bench/serve_generate.py [--tokens 64] [--clients 1 32 64]
-        [--temperature 0.8 --top-p 0.95 --top-k 0] [--regex PATTERN] [--torch-threads 1] [--device cpu|cuda] [--json OUT]
+        [--temperature 0.8 --top-p 0.95 --top-k 0] [--regex PATTERN [--repeat 3]]
+        [--torch-threads 1] [--device cpu|cuda] [--json OUT]
 
 Prints figures; never asserts on speed.
 """
@@ -166,6 +169,7 @@ def main() -> None:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--regex", default=None, help="also measure every request constrained to this regex")
+    parser.add_argument("--repeat", type=int, default=3, help="with --regex: free and constrained runs, alternating")
     parser.add_argument("--hidden", type=int, default=650)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -192,11 +196,16 @@ def main() -> None:
             # Interleaved (the server idles while the forward runs), so load from other jobs drifts less between them.
             for n in args.clients:
                 ceiling[n] = ceiling_tokens_per_second(model, n, args.tokens)
-                served[n] = asyncio.run(served_tokens_per_second(url, n, args.tokens, sampling))
-                if args.regex:
-                    constrained[n] = asyncio.run(
-                        served_tokens_per_second(url, n, args.tokens, {**sampling, **constraint})
-                    )
+                if not args.regex:
+                    served[n] = asyncio.run(served_tokens_per_second(url, n, args.tokens, sampling))
+                    continue
+                # Free and constrained alternate `--repeat` times: the medians, so that load from other
+                # jobs that comes and goes falls on both alike.
+                free, held = [], []
+                for _ in range(args.repeat):
+                    free.append(asyncio.run(served_tokens_per_second(url, n, args.tokens, sampling)))
+                    held.append(asyncio.run(served_tokens_per_second(url, n, args.tokens, {**sampling, **constraint})))
+                served[n], constrained[n] = statistics.median(free), statistics.median(held)
         if args.regex:
             tokenizer = load_checkpoint(models / MODEL_ID).tokenizer
             masks = {n: mask_cost_ms(tokenizer, args.regex, n, args.tokens) for n in args.clients}
