@@ -24,6 +24,11 @@ class InvalidRequest(ServiceError):
     """A field that is well-formed but cannot be honoured; `field` or `conflicts` name it."""
 
 
+class ConstraintError(InvalidRequest):
+    """A constraint (regex, choice, JSON schema, grammar) that cannot be used: invalid, over a bound, or not
+    startable with the model's vocabulary; `field` names the request field it came from."""
+
+
 class LimitExceeded(ServiceError):
     """A size over a published limit; `limit` names the setting."""
 

@@ -68,6 +68,13 @@ class Settings(BaseSettings):
     )
     max_fill_candidates: int = Field(default=100, ge=1, description="candidates a /v1/fill call returns or rescores")
     max_fill_chars: int = Field(default=16, ge=1, description="longest span a char model's /v1/fill may fill")
+    max_constraint_bytes: int = Field(
+        default=65_536, ge=1, description="size of a regex, choice list, JSON schema or grammar a request may send"
+    )
+    constraint_compile_seconds: float = Field(
+        default=2.0, gt=0, description="seconds a constraint may take to compile before it is refused"
+    )
+    constraint_cache_size: int = Field(default=256, ge=1, description="compiled constraints kept per model (LRU)")
     max_beam_width: int = Field(default=16, ge=1, description="largest beam_width of /v1/generate")
 
     # Sessions: their hidden state lives in Redis.

@@ -19,11 +19,15 @@ The parts, each a module:
   forward per tick, and the hand-off of results to each event loop;
 - job.py: what a job and a decode row are; query.py, sampled.py and beam.py: the kinds
   (plain feeds and next-token queries, sampled generation, beam search);
+- constraint.py: constrained decoding (a regex, choice, JSON schema or grammar), llguidance's
+  matchers over the model's byte view; constrained.py: what a constraint asks of a sampled
+  row each tick (its masks, applied before the sampler, and how it ends);
 - output.py: generated ids to text (UTF-8 assembly and stop strings); types.py: the
   values that go in and come out.
 """
 
 from app.engine.beam import BeamRun
+from app.engine.constraint import Constraint
 from app.engine.engine import Engine
 from app.engine.sampled import Generation
 from app.engine.types import (
@@ -41,6 +45,7 @@ from app.engine.types import (
 
 __all__ = [
     "BeamRun",
+    "Constraint",
     "Engine",
     "FeedResult",
     "FinishReason",

@@ -9,31 +9,54 @@ side is `BeamRun`: await `hypotheses()`.
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import torch
+from llguidance import LLMatcher
 from torch import Tensor
 from typing_extensions import Self
 
+from app.engine.constraint import Constraint
 from app.engine.job import Job, Row, Worker
 from app.engine.sampled import Cancellable
+from app.errors import ConstraintError
 from model.beam_search import BeamSearch, BeamSettings, Hypothesis
 from model.network import state_tensors
 
 
 class BeamJob(Job):
-    """Feed a prompt, then search; its cost is the most rows it holds at once (the beams and the greedy path)."""
+    """Feed a prompt, then search; its cost is the most rows it holds at once (the beams and the greedy path).
 
-    def __init__(self, settings: BeamSettings, **job: Any) -> None:
+    With a `constraint` every row carries a matcher: the tokens it does not allow get
+    -inf before the search scores its candidates (the others keep the model's own
+    log-probabilities), a row of the next step takes a copy of its parent's matcher
+    moved by its token, and the constraint's end token (the line boundary) is the
+    search's end of text, so a hypothesis that completes the constraint ends with it.
+    """
+
+    def __init__(self, settings: BeamSettings, constraint: Constraint | None = None, **job: Any) -> None:
         super().__init__(**job)
         self.search = BeamSearch(settings)
         self.cost = settings.beam_width + settings.with_greedy
+        self.constraint = constraint
+        self.matchers: list[LLMatcher] = []  # with a constraint: one per row, in the search's row order
 
     def start(self, worker: Worker) -> None:
         if self.search.done:
             worker.finish(self)
             worker.deliver(self, [])
             return
+        if self.constraint is not None:
+            try:
+                at_line_start = self.pending == worker.tokenizer.boundary_id
+                self.matchers = [
+                    worker.constraints.compile(self.constraint, at_line_start) for _ in range(self.search.rows)
+                ]
+            except ConstraintError as exc:  # checked before admission; only a cache eviction compiles it again here
+                worker.finish(self)
+                worker.deliver(self, exc)
+                return
         start = state_tensors(self.state)
         self.rows = [BeamRow(self) for _ in range(self.search.rows)]
         for row in self.rows:
@@ -41,12 +64,25 @@ class BeamJob(Job):
 
     def advance(self, worker: Worker, logits: Tensor) -> None:
         """One step of the search on its rows' logits (rows, V); answer when it is done."""
-        next_rows = self.search.step(torch.log_softmax(logits.double(), dim=-1))
+        logprobs = torch.log_softmax(logits.double(), dim=-1)  # (rows, V)
+        if self.matchers:
+            allowed = worker.constraints.masks(self.matchers, logprobs.device)  # (rows, V)
+            logprobs = logprobs.masked_fill(~allowed, -math.inf)
+        next_rows = self.search.step(logprobs)
         if self.search.done:
             worker.finish(self)
             worker.deliver(self, self.search.hypotheses())
             return
+        if self.matchers:
+            self.matchers = [self._moved(self.matchers[parent], token) for parent, token in next_rows]
         self._reorder(worker, next_rows)
+
+    @staticmethod
+    def _moved(parent: LLMatcher, token: int) -> LLMatcher:
+        """A copy of a parent row's matcher that has taken `token` (refused: the copy is in error and allows nothing)."""
+        matcher = parent.deep_copy()
+        matcher.consume_token(token)
+        return matcher
 
     def _reorder(self, worker: Worker, next_rows: list[tuple[int, int]]) -> None:
         """The rows of the next step: each the state of its parent row, its token pending."""

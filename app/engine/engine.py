@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from app.engine.beam import BeamJob, BeamRun
+from app.engine.constraint import Constraint
 from app.engine.job import Job
 from app.engine.query import FeedJob, NextTokenJob
 from app.engine.sampled import GenerateJob, Generation
@@ -87,6 +88,8 @@ class Engine:
         top_logprobs: int = 0,
     ) -> Generation:
         """Feed `ids` (a prompt, logprobs and `top_logprobs` alternatives kept if asked) once, then sample n choices."""
+        if settings.constraint is not None:
+            self.check_constraint(settings.constraint, start, ids)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         job = GenerateJob(
@@ -102,13 +105,40 @@ class Engine:
         self.scheduler.admit(job)
         return Generation(self, job, queue)
 
-    def beam(self, start: SequenceState, settings: BeamSettings, ids: list[int] | None = None) -> BeamRun:
-        """Feed `ids`, then beam-search (never choosing `<unk>` unless the settings allow it)."""
+    def check_constraint(self, constraint: Constraint, start: SequenceState, ids: list[int] | None = None) -> None:
+        """Compile `constraint` for a generation after `start` and `ids` (then cached by its text).
+
+        Raises ConstraintError (422) when it is invalid, over a bound (its size, or its
+        compile time: llguidance's fuel limits bound it) or cannot start with this
+        vocabulary. `generate` and `beam` call it before admission, so a refusal comes
+        before any response starts; it runs on the caller's thread (once per text).
+        """
+        pending = ids[-1] if ids else start.pending
+        self.scheduler.constraints.compile(constraint, at_line_start=pending == self.tokenizer.boundary_id)
+
+    def beam(
+        self,
+        start: SequenceState,
+        settings: BeamSettings,
+        ids: list[int] | None = None,
+        constraint: Constraint | None = None,
+    ) -> BeamRun:
+        """Feed `ids`, then beam-search (never choosing `<unk>` unless the settings allow it).
+
+        Under a `constraint` (ConstraintError when it cannot be used) the search ends a
+        hypothesis at the constraint's end token, the line boundary, which it keeps as
+        its last token (finish "eos"): the text is complete.
+        """
         unk_id = self.tokenizer.unk_id
         if not settings.allow_unk and unk_id is not None and unk_id not in settings.banned:
             settings = dataclasses.replace(settings, banned=(*settings.banned, unk_id))
+        if constraint is not None:
+            self.check_constraint(constraint, start, ids)
+            settings = dataclasses.replace(settings, eos_id=self.tokenizer.boundary_id)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        job = BeamJob(settings, start=start, ids=list(ids or []), loop=future.get_loop(), receive=_settler(future))
+        job = BeamJob(
+            settings, constraint, start=start, ids=list(ids or []), loop=future.get_loop(), receive=_settler(future)
+        )
         self.scheduler.admit(job)
         return BeamRun(self, job, future)
 

@@ -18,18 +18,22 @@ import torch
 from torch import Tensor
 from typing_extensions import Self
 
+from app.engine.constraint import ConstraintVocabulary
 from app.engine.types import Hooks, SequenceState, Top
 from app.state_pool import Slotted, StatePool
+from model.network import RNNLM
 from model.tokenizer import Tokenizer
 
 
 class Worker(Protocol):
     """What a job or a row kind may ask of the scheduler's worker thread."""
 
+    model: RNNLM
     tokenizer: Tokenizer
     device: torch.device
     pool: StatePool[Row]  # the decode rows' states, pending tokens and histories
     hooks: Hooks
+    constraints: ConstraintVocabulary  # the model's byte view for constraints, their cache and masks
 
     def deliver(self, job: Job, item: object) -> None:
         """Queue an item for the job's caller (handed over at the end of the tick)."""

@@ -84,8 +84,18 @@ class TextOutput:
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stop = StopStringMatcher(stop)
 
-    def push(self, token_id: int, eos_id: int | None) -> Released:
-        """Take the next token; `eos_id` ends the text without showing its piece (a line end)."""
+    @property
+    def holds_back(self) -> bool:
+        """Whether text may be held back at some point: stop strings (a partial UTF-8 character, too, but at a
+        dead end that would be lost only as the U+FFFD it flushes to)."""
+        return bool(self._stop.stop)
+
+    def push(self, token_id: int, eos_id: int | None, end: FinishReason | None = None) -> Released:
+        """Take the next token; `eos_id` ends the text without showing its piece (a line end).
+
+        `end` ends the text after this token for a reason the caller knows: a constraint it
+        completes ("stop"), or one that no token of the vocabulary can continue ("length").
+        """
         previous, self.previous = self.previous, token_id
         self.count += 1
         piece = self.tokenizer.piece(token_id, previous)
@@ -94,9 +104,20 @@ class TextOutput:
         text = self._stop.push(self._utf8.decode(self.tokenizer.piece_bytes(token_id, previous)))
         if self._stop.stopped:
             return Released(piece, text, "stop")
+        if end is not None:
+            return Released(piece, text + self._flush(), end)
         if self.count >= self.max_tokens:
             return Released(piece, text + self._flush(), "length")
         return Released(piece, text, None)
+
+    def end(self, token_id: int | None, finish: FinishReason) -> Released:
+        """End the text with `finish`: `token_id` (a constraint's end token) adds no text; None when no token came."""
+        piece = ""
+        if token_id is not None:
+            previous, self.previous = self.previous, token_id
+            self.count += 1
+            piece = self.tokenizer.piece(token_id, previous)
+        return Released(piece, self._flush(), finish)
 
     def _flush(self) -> str:
         """Everything held back: an unfinished character (as U+FFFD) and a possible stop string's start."""

@@ -7,18 +7,23 @@ every choice has finished; `results` then holds each choice's GenerationResult.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, Protocol
 
 import torch
+from llguidance import LLMatcher
 from torch import Tensor
 from typing_extensions import Self
 
+from app.engine import constrained
 from app.engine.job import Job, Row, Worker
-from app.engine.output import TextOutput
-from app.engine.types import GenerationResult, GenerationSettings, TokenEvent, finite
-from model.network import state_tensors
+from app.engine.output import Released, TextOutput
+from app.engine.types import FinishReason, GenerationResult, GenerationSettings, TokenEvent, finite
+from app.errors import ConstraintError
+from model.network import State, state_tensors
 from model.sampling import SamplerInputs, random_seed, sample
 
 
@@ -39,11 +44,24 @@ class GenerateJob(Job):
             for choice in range(self.n):
                 worker.deliver(self, GenerationResult("length", end, [], self.fed_logprobs, choice, self.fed_top))
             return
+        constraint = self.settings.constraint
+        try:
+            at_line_start = self.pending == worker.tokenizer.boundary_id
+            if constraint is not None and constraint.kind == "choice" and self.settings.sampling.temperature == 0:
+                constraint = constrained.likeliest_choice(worker, self.state, self.pending, constraint, at_line_start)
+            matchers = (
+                [worker.constraints.compile(constraint, at_line_start) for _ in range(self.n)] if constraint else []
+            )
+        except ConstraintError as exc:  # checked before admission; only a cache eviction compiles it again here
+            worker.finish(self)
+            worker.deliver(self, exc)
+            return
         seed = self.settings.seed if self.settings.seed is not None else random_seed()
         start = state_tensors(self.state)
         unk_id = worker.tokenizer.unk_id
         for choice in range(self.n):
             row = SampledRow(self, choice, (seed + choice) % 2**63, worker, unk_id)
+            row.matcher = matchers[choice] if matchers else None
             self.rows.append(row)
             worker.pool.add(row, start, self.pending, self.settings.history if row.uses_history else None)
 
@@ -69,8 +87,15 @@ class SampledRow(Row):
         self.uses_history = settings.sampling.uses_history
         # Never drawn: <unk> (unless asked for) and, before min_tokens, the end of the text.
         self.always_banned = [] if settings.sampling.allow_unk or unk_id is None else [unk_id]
+        # A constrained row: its matcher, and the tokens it allows next (V,) bool on the device, once computed.
+        self.matcher: LLMatcher | None = None
+        self.allowed: Tensor | None = None
+        self.coming: tuple[Future[Tensor], int] | None = None  # its next mask, being computed (row i of the future's)
+        self.before: tuple[list[Tensor], int] | None = None  # its state before its last token (row i of those)
 
     def banned(self) -> list[int]:
+        if self.matcher is not None:  # the constraint decides where the text ends
+            return self.always_banned
         early = self.settings.eos_id is not None and len(self.generated) < self.settings.min_tokens
         return (
             [*self.always_banned, self.settings.eos_id]
@@ -80,7 +105,25 @@ class SampledRow(Row):
 
     @classmethod
     def step(cls, worker: Worker, rows: list[Self], logits: Tensor) -> None:
-        """Sample every row at once and hand each token to its request."""
+        """Sample every row at once and hand each token to its request.
+
+        A constrained row's logits are masked to the tokens its constraint allows before
+        the sampler (the log-probabilities reported stay the model's own), so constrained
+        and free rows share one forward and one sampler call.
+        """
+        waiting = [row for row in rows if row.matcher is not None and row.allowed is None]
+        ended = constrained.receive(worker, waiting) if waiting else []
+        if ended:
+            live = [i for i, row in enumerate(rows) if row not in ended]
+            rows, logits = [rows[i] for i in live], logits[live]
+            if not rows:
+                return
+        masked = logits
+        masked_rows = [i for i, row in enumerate(rows) if row.allowed is not None]
+        if masked_rows:
+            positions = torch.tensor(masked_rows, device=logits.device)
+            allowed = torch.stack([row.allowed for row in rows if row.allowed is not None])  # (C, V)
+            masked = logits.index_put((positions,), logits[positions].masked_fill(~allowed, -math.inf))
         pool = worker.pool
         index = torch.tensor([row.slot for row in rows], device=logits.device)
         history = pool.seen is not None and pool.counts is not None and any(row.uses_history for row in rows)
@@ -92,7 +135,7 @@ class SampledRow(Row):
             counts=pool.counts[index] if history and pool.counts is not None else None,
             banned=[(i, token) for i, row in enumerate(rows) for token in row.banned()],
         )
-        ids = sample(logits, inputs)  # (S,)
+        ids = sample(masked, inputs)  # (S,)
         pool.pending[index] = ids
         if history and pool.seen is not None and pool.counts is not None:
             pool.seen[index, ids] = True
@@ -105,21 +148,47 @@ class SampledRow(Row):
         if wanted:
             values, indices = torch.topk(raw, min(wanted, raw.shape[1]), dim=-1)
             top_values, top_ids = values.tolist(), indices.tolist()
-        for i, (row, token_id) in enumerate(zip(rows, ids.tolist(), strict=True)):
+        tokens = ids.tolist()
+        ends, going = constrained.advance(worker, rows, tokens)
+        # A row whose output may hold text back (stop strings) gets its next mask now, so that a dead end can
+        # still end it with this token and release that text; the others' masks are computed while the next
+        # forward runs (`allowed_later`, once the tokens are handed over).
+        for row in constrained.allowed_now(worker, [row for row in going if row.output.holds_back]):
+            ends[row] = "length"
+        for i, (row, token_id) in enumerate(zip(rows, tokens, strict=True)):
             count = row.settings.top_logprobs
             top = list(zip(top_ids[i][:count], map(finite, top_values[i][:count]), strict=True))
-            row.emit(worker, token_id, chosen[i], top)
+            row.emit(worker, token_id, chosen[i], top, ends.get(row))
         worker.hooks.on_tokens(len(rows))
+        constrained.allowed_later(worker, [row for row in going if not row.output.holds_back and row.slot >= 0])
 
-    def emit(self, worker: Worker, token_id: int, logprob: float, top: list[tuple[int, float]]) -> None:
-        """Hand one sampled token to the request; a finished choice leaves the batch."""
+    def emit(
+        self, worker: Worker, token_id: int, logprob: float, top: list[tuple[int, float]], end: FinishReason | None
+    ) -> None:
+        """Hand one sampled token to the request; a finished choice leaves the batch.
+
+        A constrained row's end token adds no text; `end` is how its constraint ends it here.
+        """
         self.generated.append(token_id)
-        released = self.output.push(token_id, self.settings.eos_id)
+        if self.matcher is not None and token_id == worker.constraints.end_id:
+            released = self.output.end(token_id, "stop")
+        else:
+            released = self.output.push(token_id, self.settings.eos_id if self.matcher is None else None, end)
+        worker.deliver(
+            self.generate_job, TokenEvent(token_id, released.piece, released.text, finite(logprob), top, self.choice)
+        )
+        if released.finish is not None:
+            self.finish(worker, released)
+
+    def finish(self, worker: Worker, released: Released, state: State | None = None) -> None:
+        """The choice has ended: its result, with the state before its last token (that token pending), and the row leaves.
+
+        That state is the row's in the pool unless given (a dead end found a tick later).
+        """
+        assert released.finish is not None
         job = self.generate_job
-        worker.deliver(job, TokenEvent(token_id, released.piece, released.text, finite(logprob), top, self.choice))
-        if released.finish is None:
-            return
-        end = job.fed_end().after(worker.pool.copy_state(self), self.generated)
+        state = worker.pool.copy_state(self) if state is None else state
+        end = job.fed_end().after(state, self.generated) if self.generated else job.fed_end()
         job.end_choice(
             worker,
             self,

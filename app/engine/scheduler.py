@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from app.engine.constraint import ConstraintLimits, ConstraintVocabulary
 from app.engine.job import Job, Row
 from app.engine.prefix_cache import INTERVAL, PrefixCache
 from app.engine.types import Hooks, finite
@@ -51,6 +52,12 @@ class Scheduler:
         self._feeding: deque[Job] = deque()  # the worker's: jobs whose ids are being fed
         self.active_rows = 0  # decode rows held by admitted jobs (guarded by _lock)
         self.queued = 0  # admitted row-less jobs not yet answered (guarded by _lock)
+        self.constraints = ConstraintVocabulary(
+            self.tokenizer,
+            ConstraintLimits(
+                settings.max_constraint_bytes, settings.constraint_compile_seconds, settings.constraint_cache_size
+            ),
+        )
         self.cache = PrefixCache(int(settings.prefix_cache_mb * 2**20), hooks.on_prefix_lookup, hooks.on_prefix_bytes)
         self._closing = False
         self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[Callable[[Any], object], Any]]] = {}
@@ -66,6 +73,7 @@ class Scheduler:
             self._closing = True
             self._lock.notify()
         self._thread.join(timeout=10)
+        self.constraints.close()
 
     @property
     def alive(self) -> bool:

@@ -9,6 +9,7 @@ from typing import Literal
 
 from torch import Tensor
 
+from app.engine.constraint import Constraint
 from model.network import State
 from model.sampling import SamplingParams
 
@@ -53,7 +54,9 @@ class GenerationSettings:
     """How one sequence is sampled; `history` primes the repetition penalty (usually the prompt).
 
     Choice i of a request for n draws from seed + i, so it equals a request of its own
-    with that seed. `min_tokens` bans `eos_id` until that many tokens are out.
+    with that seed. `min_tokens` bans `eos_id` until that many tokens are out. A
+    `constraint` restricts the text to a language (app/engine/constraint.py); it ends the
+    text itself, so `min_tokens` does not apply to it.
     """
 
     max_tokens: int
@@ -64,6 +67,7 @@ class GenerationSettings:
     top_logprobs: int = 0
     history: tuple[int, ...] = ()
     min_tokens: int = 0
+    constraint: Constraint | None = None
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from app.protocol.constraints import CONSTRAINT_FIELDS, ConstraintFields
+
 
 def _valid_unicode(value: str) -> str:
     try:
@@ -32,8 +34,11 @@ class Request(BaseModel):
     model: str | None = Field(default=None, description="a loaded model id; the default model when omitted")
 
 
-class SamplingFields(BaseModel):
+class SamplingFields(ConstraintFields):
     """How a request is sampled, declared once: /v1/generate, session generate and /v1/completions share it.
+
+    The constraint fields (app/protocol/constraints.py: `structured_outputs`,
+    `response_format` and the `guided_*` aliases) come first.
 
     app/serving/sampling.py turns these into the engine's GenerationSettings, in one
     place; a surface that cannot honour some of them (beam search, a completion's
@@ -77,7 +82,9 @@ class SamplingFields(BaseModel):
         return [name for name in names if getattr(self, name) != declared[name].get_default(call_default_factory=True)]
 
 
-SAMPLING_FIELDS = tuple(SamplingFields.model_fields)  # in declared order
+# The sampling fields proper, in declared order; the constraint fields (CONSTRAINT_FIELDS) are walked on their own,
+# as a request takes at most one of them.
+SAMPLING_FIELDS = tuple(name for name in SamplingFields.model_fields if name not in CONSTRAINT_FIELDS)
 
 
 class TokenLogprob(BaseModel):

@@ -3,7 +3,8 @@
 Every field OpenAI defines is honoured (`user` is taken and ignored, as it only labels
 the caller); fields OpenAI does not define are tolerated, so clients that send their own
 extras keep working. `top_k`, `min_p`, `repetition_penalty`, `stop_at_eos`, `allow_unk`
-(the shared sampling fields) and `min_tokens` are ours.
+(the shared sampling fields), the constraint fields (vLLM's `structured_outputs` and
+`guided_*`, and `response_format`, which OpenAI defines for chat) and `min_tokens` are ours.
 """
 
 from __future__ import annotations

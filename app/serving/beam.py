@@ -19,6 +19,7 @@ from model.beam_search import BeamSettings, Hypothesis
 # ---- /v1/generate with beam_width > 1 ------------------------------------------------
 
 # What a beam search honours of the sampling fields; every other one in use is refused.
+# (A constraint, in CONSTRAINT_FIELDS, is honoured too: the engine masks each beam row.)
 BEAM_HONOURS = ("max_tokens", "stop_at_eos", "allow_unk")
 BEAM_CONFLICTS = (*(name for name in SAMPLING_FIELDS if name not in BEAM_HONOURS), "stream")
 
@@ -49,11 +50,13 @@ def prepare_beam(
     """A checked beam-search request: the prompt and the search."""
     check_beam_request(settings, request)
     prepared = prepare_generation(models, settings, request)
+    constrained = prepared.settings.constraint is not None
     return prepared, BeamSettings(
         beam_width=request.beam_width,
         max_tokens=prepared.settings.max_tokens,
         length_penalty=request.length_penalty,
-        eos_id=prepared.settings.eos_id,
+        # a constraint ends its text at the line boundary (the engine's rule; here so the answer hides it too)
+        eos_id=prepared.served.checkpoint.tokenizer.boundary_id if constrained else prepared.settings.eos_id,
         allow_unk=request.allow_unk,
     )
 
@@ -62,7 +65,7 @@ async def search(models: ModelRegistry, settings: Settings, request: GenerateReq
     """The whole answer: the request checked, the search admitted (EngineBusy when full) and run."""
     prepared, beam = prepare_beam(models, settings, request)
     engine = prepared.served.engine
-    run = engine.beam(engine.fresh(), beam, prepared.prompt_ids)
+    run = engine.beam(engine.fresh(), beam, prepared.prompt_ids, prepared.settings.constraint)
     try:
         hypotheses = await run.hypotheses()
     finally:
@@ -79,13 +82,14 @@ def beam_response(prepared: PreparedGeneration, search: BeamSettings, hypotheses
     previous = prepared.prompt_ids[-1] if prepared.prompt_ids else tokenizer.boundary_id
     for token_id, logprob in zip(best.ids, best.logprobs, strict=True):
         piece = tokenizer.piece(token_id, previous)
-        shown = "" if token_id == prepared.settings.eos_id else piece  # as sampling: the end token adds no text
+        shown = "" if token_id == search.eos_id else piece  # as sampling: the end token adds no text
         tokens.append(GeneratedToken(id=token_id, token=piece, text=shown, logprob=finite(logprob)))
         previous = token_id
     return GenerateResponse(
         model=served.id,
         text="".join(token.text for token in tokens),
-        finish_reason=best.finish,
+        # a constraint's end token completes its text: "stop", as when sampling
+        finish_reason="stop" if prepared.settings.constraint is not None and best.finish == "eos" else best.finish,
         tokens=tokens,
         usage=prepared.usage(len(best.ids)),
         beam=BeamSummary(

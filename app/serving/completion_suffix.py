@@ -5,6 +5,7 @@ from __future__ import annotations
 from app.errors import InvalidRequest
 from app.protocol.common import SAMPLING_FIELDS
 from app.protocol.completions import CompletionChoice, CompletionRequest
+from app.protocol.constraints import CONSTRAINT_FIELDS
 from app.protocol.fill import FillRequest
 from app.registry import ModelRegistry, ServedModel
 from app.serving.fill import fill
@@ -12,9 +13,10 @@ from app.settings import Settings
 
 SUFFIX_GAP = "\x00"  # the gap marker of a suffix completion (never in a text by accident)
 
-# What a fill cannot honour: every sampling field but max_tokens, and the sampling-only extras of a completion.
+# What a fill cannot honour: every sampling field but max_tokens, a constraint, and a completion's sampling extras.
 SUFFIX_CONFLICTS = (
     *(name for name in SAMPLING_FIELDS if name != "max_tokens"),
+    *CONSTRAINT_FIELDS,
     "min_tokens",
     "stream",
     "echo",

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from app.engine import GenerationSettings
+import json
+from typing import Any
+
+from app.engine import Constraint, GenerationSettings
 from app.errors import InvalidRequest
 from app.protocol.common import SamplingFields
+from app.protocol.constraints import ConstraintFields
 from app.registry import ServedModel
 from app.serving.limits import check_logprobs, check_max_tokens, check_top_k, stop_strings
 from app.settings import Settings
@@ -44,7 +48,44 @@ def generation_settings(
         top_logprobs=top_logprobs,
         history=tuple(history),
         min_tokens=min_tokens,
+        constraint=constraint_of(fields),
     )
+
+
+def constraint_of(fields: ConstraintFields) -> Constraint | None:
+    """The request's one constraint, from whichever field carries it (422 naming them when several do)."""
+    found: list[Constraint] = []
+    outputs = fields.structured_outputs
+    if outputs is not None:
+        if outputs.choice is not None:
+            found.append(Constraint.choice(outputs.choice, "structured_outputs.choice"))
+        if outputs.regex is not None:
+            found.append(Constraint("regex", outputs.regex, "structured_outputs.regex"))
+        if outputs.json_schema is not None:
+            found.append(Constraint("json", _schema_text(outputs.json_schema), "structured_outputs.json"))
+        if outputs.grammar is not None:
+            found.append(Constraint("grammar", outputs.grammar, "structured_outputs.grammar"))
+    response_format = fields.response_format
+    if response_format is not None and response_format.type != "text":
+        schema = response_format.json_schema.json_schema if response_format.json_schema else {"type": "object"}
+        found.append(Constraint("json", _schema_text(schema), "response_format"))
+    if fields.guided_choice is not None:
+        found.append(Constraint.choice(fields.guided_choice, "guided_choice"))
+    if fields.guided_regex is not None:
+        found.append(Constraint("regex", fields.guided_regex, "guided_regex"))
+    if fields.guided_json is not None:
+        found.append(Constraint("json", _schema_text(fields.guided_json), "guided_json"))
+    if fields.guided_grammar is not None:
+        found.append(Constraint("grammar", fields.guided_grammar, "guided_grammar"))
+    if len(found) > 1:
+        names = [constraint.field for constraint in found]
+        raise InvalidRequest(f"give one constraint, not {len(found)}: {', '.join(names)}", conflicts=names)
+    return found[0] if found else None
+
+
+def _schema_text(schema: dict[str, Any] | str) -> str:
+    """A JSON schema as its JSON text (sent as an object, or already as text)."""
+    return schema if isinstance(schema, str) else json.dumps(schema)
 
 
 def logit_bias(tokenizer: Tokenizer, bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
