@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from app.engine import Constraint, GenerationSettings
+from app.engine.constraint import ConstraintKind
 from app.errors import InvalidRequest
 from app.protocol.common import SamplingFields
 from app.protocol.constraints import ConstraintFields
@@ -52,35 +53,38 @@ def generation_settings(
     )
 
 
+# The constraint kinds: (name in structured_outputs and after guided_, the engine's kind, the attribute of structured_outputs).
+CONSTRAINT_KINDS: tuple[tuple[str, ConstraintKind, str], ...] = (
+    ("choice", "choice", "choice"),
+    ("regex", "regex", "regex"),
+    ("json", "json", "json_schema"),
+    ("grammar", "grammar", "grammar"),
+)
+
+
 def constraint_of(fields: ConstraintFields) -> Constraint | None:
     """The request's one constraint, from whichever field carries it (422 naming them when several do)."""
-    found: list[Constraint] = []
     outputs = fields.structured_outputs
-    if outputs is not None:
-        if outputs.choice is not None:
-            found.append(Constraint.choice(outputs.choice, "structured_outputs.choice"))
-        if outputs.regex is not None:
-            found.append(Constraint("regex", outputs.regex, "structured_outputs.regex"))
-        if outputs.json_schema is not None:
-            found.append(Constraint("json", _schema_text(outputs.json_schema), "structured_outputs.json"))
-        if outputs.grammar is not None:
-            found.append(Constraint("grammar", outputs.grammar, "structured_outputs.grammar"))
+    given: list[tuple[str, ConstraintKind, Any]] = []
+    for name, kind, attribute in CONSTRAINT_KINDS:
+        if outputs is not None:
+            given.append((f"structured_outputs.{name}", kind, getattr(outputs, attribute)))
+        given.append((f"guided_{name}", kind, getattr(fields, f"guided_{name}")))
     response_format = fields.response_format
     if response_format is not None and response_format.type != "text":
         schema = response_format.json_schema.json_schema if response_format.json_schema else {"type": "object"}
-        found.append(Constraint("json", _schema_text(schema), "response_format"))
-    if fields.guided_choice is not None:
-        found.append(Constraint.choice(fields.guided_choice, "guided_choice"))
-    if fields.guided_regex is not None:
-        found.append(Constraint("regex", fields.guided_regex, "guided_regex"))
-    if fields.guided_json is not None:
-        found.append(Constraint("json", _schema_text(fields.guided_json), "guided_json"))
-    if fields.guided_grammar is not None:
-        found.append(Constraint("grammar", fields.guided_grammar, "guided_grammar"))
+        given.append(("response_format", "json", schema))
+    found = [_constraint(field, kind, value) for field, kind, value in given if value is not None]
     if len(found) > 1:
         names = [constraint.field for constraint in found]
         raise InvalidRequest(f"give one constraint, not {len(found)}: {', '.join(names)}", conflicts=names)
     return found[0] if found else None
+
+
+def _constraint(field: str, kind: ConstraintKind, value: Any) -> Constraint:
+    if kind == "choice":
+        return Constraint.choice(value, field)
+    return Constraint(kind, _schema_text(value) if kind == "json" else value, field)
 
 
 def _schema_text(schema: dict[str, Any] | str) -> str:
