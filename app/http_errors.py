@@ -1,8 +1,13 @@
-"""The one mapping of errors to HTTP: `{"error": {"type", "message", ...}}`, never a trace."""
+"""The one mapping of errors to HTTP: a status and `{"error": {"type", "message", ...}}`, never a trace.
+
+`ERROR_KINDS` gives each domain error (app/errors.py) its status and type; `error_body`
+builds the one body that JSON answers and a stream's error event (app/sse.py) both carry.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,14 +17,62 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
-from app.engine import EngineBusy, EngineClosed
-from app.errors import ServiceError
+from app.errors import (
+    ClientGone,
+    EngineBusy,
+    InvalidRequest,
+    LimitExceeded,
+    NotFound,
+    ServiceError,
+    SessionConflict,
+    Unauthorized,
+    Unavailable,
+    Unsupported,
+)
 from app.metrics import ASGIApp, Message, Receive, Scope, Send
-from app.session_store import StoreUnavailable
 
 logger = logging.getLogger("app")
 
 RETRY_AFTER_SECONDS = 1  # a full engine frees rows every decode step: come back soon
+
+
+@dataclass(frozen=True)
+class ErrorKind:
+    """How one class of error answers: its status, its `error.type`, and headers sent with it."""
+
+    status_code: int
+    type: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+# Each error class answers as the nearest class above it that is listed here.
+ERROR_KINDS: dict[type, ErrorKind] = {
+    ServiceError: ErrorKind(400, "bad_request"),
+    InvalidRequest: ErrorKind(422, "invalid_request"),
+    LimitExceeded: ErrorKind(413, "limit_exceeded"),
+    NotFound: ErrorKind(404, "not_found"),
+    # 404 rather than 400 (nothing is wrong with the request) or 501 (OpenAI clients retry a 5xx).
+    Unsupported: ErrorKind(404, "unsupported"),
+    SessionConflict: ErrorKind(409, "session_conflict"),
+    Unauthorized: ErrorKind(401, "unauthorized", {"WWW-Authenticate": "Bearer"}),
+    EngineBusy: ErrorKind(429, "server_busy", {"Retry-After": str(RETRY_AFTER_SECONDS)}),
+    Unavailable: ErrorKind(503, "unavailable"),  # EngineClosed and StoreUnavailable too
+    ClientGone: ErrorKind(499, "client_closed_request"),  # nginx's "client closed request"
+}
+INTERNAL_ERROR = ("internal_error", "internal server error")  # a bug: said without a trace
+
+
+def error_kind(exc: ServiceError) -> ErrorKind:
+    return next(ERROR_KINDS[cls] for cls in type(exc).__mro__ if cls in ERROR_KINDS)
+
+
+def error_body(error_type: str, message: str, **details: Any) -> dict[str, Any]:
+    """The body of every error answer, JSON or a stream's error event."""
+    return {"error": {"type": error_type, "message": message, **details}}
+
+
+def service_error_body(exc: ServiceError) -> dict[str, Any]:
+    return error_body(error_kind(exc).type, exc.message, **exc.details)
 
 
 class ErrorDetail(BaseModel):
@@ -44,9 +97,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _documented("the body is not valid JSON or not UTF-8"),
     401: _documented("API keys are on and the call has no valid one"),
     404: _documented("unknown model or session (or another key's session); an API not offered (type unsupported)"),
-    409: _documented("a session at another version, of another model, or unreadable"),
+    409: _documented("a session at another version, of another model, or unreadable; a session file of other weights"),
     413: _documented("over a published size limit (named in the message)"),
-    415: _documented("the body is not application/json"),
+    415: _documented("the body is not application/json (a session file to import: not application/octet-stream)"),
     422: _documented("a field is missing, of the wrong type or out of range"),
     429: _documented("the server is full (max_active_sequences, max_queued_requests)"),
     503: _documented("the session store (Redis) or the engine is unavailable"),
@@ -55,7 +108,7 @@ UNAUTHORIZED_RESPONSE: dict[int | str, dict[str, Any]] = {401: ERROR_RESPONSES[4
 
 
 def error_response(status_code: int, error_type: str, message: str, **details: Any) -> JSONResponse:
-    return JSONResponse({"error": {"type": error_type, "message": message, **details}}, status_code=status_code)
+    return JSONResponse(error_body(error_type, message, **details), status_code=status_code)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -63,23 +116,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        response = error_response(exc.status_code, exc.error_type, exc.message, **exc.details)
-        response.headers.update(exc.headers)
-        return response
-
-    @app.exception_handler(EngineBusy)
-    async def engine_busy(request: Request, exc: EngineBusy) -> JSONResponse:
-        response = error_response(429, "server_busy", str(exc))
-        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
-        return response
-
-    @app.exception_handler(EngineClosed)
-    async def engine_closed(request: Request, exc: EngineClosed) -> JSONResponse:
-        return error_response(503, "unavailable", str(exc))
-
-    @app.exception_handler(StoreUnavailable)
-    async def store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
-        return error_response(503, "unavailable", str(exc))
+        kind = error_kind(exc)
+        return JSONResponse(service_error_body(exc), status_code=kind.status_code, headers=kind.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -103,11 +141,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    """The methods the API publishes for this path (from the OpenAPI schema, which sees every router)."""
+    """The methods the API publishes for this path (from the OpenAPI schema, which sees every router).
+
+    As OpenAPI matches paths, a concrete path (`/v1/sessions/import`) wins over a templated one
+    that also matches it (`/v1/sessions/{session_id}`).
+    """
+    paths: dict[str, dict[str, Any]] = request.app.openapi().get("paths", {})
+    matching = [template for template in paths if compile_path(template)[0].match(request.url.path)]
+    concrete = [template for template in matching if "{" not in template]
     methods: set[str] = set()
-    for template, operations in request.app.openapi().get("paths", {}).items():
-        if compile_path(template)[0].match(request.url.path):
-            methods |= {method.upper() for method in operations}
+    for template in concrete or matching:
+        methods |= {method.upper() for method in paths[template]}
     return sorted(methods | ({"HEAD"} if "GET" in methods else set()))
 
 
@@ -143,4 +187,4 @@ class UnexpectedErrorMiddleware:
             if started or scope["type"] != "http":
                 raise
             logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
-            await error_response(500, "internal_error", "internal server error")(scope, receive, send)
+            await error_response(500, *INTERNAL_ERROR)(scope, receive, send)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,6 +13,7 @@ from fastapi import Depends, FastAPI
 from app.http_errors import ERROR_RESPONSES, install_error_handlers
 from app.metrics import Metrics, MetricsMiddleware
 from app.middleware import RequestGuardMiddleware
+from app.model_watcher import ModelWatcher
 from app.registry import load_models
 from app.routers import chat, completions, fill, generate, models, playground, score, sessions, system, tokenizer
 from app.security import ApiKeys, authenticate
@@ -21,7 +23,7 @@ from app.settings import Settings
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Load every checkpoint and start its engine, open the session store; close all on shutdown."""
+    """Load every checkpoint and start its engine, watch the models dir, open the session store; close all on shutdown."""
     settings: Settings = app.state.settings
     threads = torch.get_num_threads()
     if settings.torch_threads:  # process-wide; restored on shutdown
@@ -30,11 +32,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.preloaded_models = None
     registry.start()
     app.state.models = registry
+    watching = None
+    if settings.models_poll_seconds > 0:  # models added to or removed from the directory while serving
+        watching = asyncio.create_task(ModelWatcher(registry).run(settings.models_poll_seconds))
     try:
         async with open_sessions(settings, registry) as sessions:
             app.state.sessions = sessions
             yield
     finally:
+        if watching is not None:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
         app.state.sessions = None
         app.state.models = None
         await asyncio.to_thread(registry.close)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -46,6 +47,53 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=self.registry,
         )
+
+        self.prefix_cache_hits = Counter(
+            "rnnlm_prefix_cache_hits",
+            "prompts that started from a cached prefix state",
+            ["model"],
+            registry=self.registry,
+        )
+        self.prefix_cache_misses = Counter(
+            "rnnlm_prefix_cache_misses", "cacheable prompts with no cached prefix", ["model"], registry=self.registry
+        )
+        self.prefix_cache_tokens_saved = Counter(
+            "rnnlm_prefix_cache_tokens_saved",
+            "prompt tokens not fed thanks to the cache",
+            ["model"],
+            registry=self.registry,
+        )
+        self.prefix_cache_bytes = Gauge(
+            "rnnlm_prefix_cache_bytes", "bytes held by the prefix-state cache", ["model"], registry=self.registry
+        )
+
+    def prefix_lookup(self, model_id: str) -> Callable[[int], None]:
+        """The engine's report of one cache lookup: the tokens it saved (0 = a miss)."""
+        hits, misses = self.prefix_cache_hits.labels(model_id), self.prefix_cache_misses.labels(model_id)
+        saved = self.prefix_cache_tokens_saved.labels(model_id)
+
+        def record(tokens: int) -> None:
+            if tokens:
+                hits.inc()
+                saved.inc(tokens)
+            else:
+                misses.inc()
+
+        return record
+
+    def forget_model(self, model_id: str) -> None:
+        """Drop an unloaded model's series, so /metrics lists only what is served."""
+        for metric in (
+            self.tokens_generated,
+            self.active_sequences,
+            self.batch_size,
+            self.prefix_cache_hits,
+            self.prefix_cache_misses,
+            self.prefix_cache_tokens_saved,
+            self.prefix_cache_bytes,
+        ):
+            with contextlib.suppress(KeyError):  # never labelled
+                metric.remove(model_id)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,9 +1,12 @@
-"""Request guard: body size capped before parsing, JSON bodies only, valid UTF-8."""
+"""Request guard: body size capped before parsing, JSON bodies (valid UTF-8) but for the file uploads named here."""
 
 from __future__ import annotations
 
 from app.http_errors import error_response
 from app.metrics import ASGIApp, Message, Receive, Scope, Send
+
+# The routes whose body is a file, not JSON, and the one media type each takes.
+FILE_BODIES = {"/v1/sessions/import": "application/octet-stream"}
 
 
 class _Rejected(Exception):
@@ -64,6 +67,15 @@ class RequestGuardMiddleware:
         body = b"".join(chunks)
         if body:
             media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+            file_type = FILE_BODIES.get(scope["path"])
+            if file_type is not None:
+                if media_type != file_type:
+                    raise _Rejected(
+                        415,
+                        "unsupported_media_type",
+                        f"send the file with Content-Type: {file_type} (got {media_type!r})",
+                    )
+                return body
             if media_type != "application/json":
                 raise _Rejected(
                     415, "unsupported_media_type", f"send JSON with Content-Type: application/json (got {media_type!r})"

@@ -18,21 +18,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
-from typing import Annotated, ClassVar
+from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from app.errors import ServiceError
+from app.errors import Unauthorized
 
 _bearer = HTTPBearer(auto_error=False, description="an API key from RNNLM_API_KEYS")
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key from RNNLM_API_KEYS")
-
-
-class Unauthorized(ServiceError):
-    status_code = 401
-    error_type = "unauthorized"
-    headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": "Bearer"}
 
 
 def key_digest(key: str) -> str:

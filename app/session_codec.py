@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from model.network import State, state_tensors
+from model.network import State, state_from_tensors, state_tensors
 
 MAGIC = b"RNNS"
 FORMAT_VERSION = 1
@@ -68,10 +68,7 @@ class SessionRecord:
 
     def model_state(self, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> State:
         """The state as the model takes it: one tensor, or an (h, c) pair."""
-        tensors = [t.to(device=device, dtype=dtype) for t in self.state]
-        if len(tensors) == 2:
-            return (tensors[0], tensors[1])
-        return tensors[0]
+        return state_from_tensors([t.to(device=device, dtype=dtype) for t in self.state])
 
     def updated(self, **changes: Any) -> SessionRecord:
         return replace(self, **changes)

@@ -39,20 +39,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException
 
+from app.errors import StoreUnavailable
+
 DEFAULT_NAMESPACE = "rnnlm:session:"
 # What a failing server or cluster raises; a cluster's slot-map troubles are not RedisErrors.
 _REDIS_ERRORS = (redis.RedisError, RedisClusterException)
 
 
-class StoreError(Exception):
-    """Base of the store's errors."""
-
-
-class StoreUnavailable(StoreError):
-    """The backing server cannot be reached or refused the command."""
-
-
-class VersionConflict(StoreError):
+class VersionConflict(Exception):
     """A compare-and-set found another version than the expected one (None: the key is gone)."""
 
     def __init__(self, key: str, expected: int, current: int | None) -> None:

@@ -23,6 +23,11 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto = cuda when available, else cpu")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    models_poll_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        description="seconds between looks at the models directory for checkpoints added or removed (0 = never)",
+    )
     skip_bad_models: bool = Field(
         default=False, description="skip (and log) a checkpoint that cannot be loaded instead of refusing to start"
     )
@@ -41,12 +46,15 @@ class Settings(BaseSettings):
     max_logprobs: int = Field(default=20, ge=0, description="top alternatives per generated token")
     max_stop_strings: int = Field(default=8, ge=0, description="stop strings per request")
     max_stop_chars: int = Field(default=100, ge=1, description="characters per stop string")
-    max_active_sequences: int = Field(default=64, ge=1, description="sequences generating at once per model (then 429)")
+    max_active_sequences: int = Field(default=64, ge=1, description="decode rows held at once per model (then 429)")
     max_queued_requests: int = Field(
-        default=4096, ge=1, description="feeds / next-token queries waiting per model (then 429)"
+        default=4096, ge=1, description="plain feeds (scoring, session feeds) waiting or running per model (then 429)"
     )
     share_prefixes: bool = Field(
         default=True, description="completions: feed a prefix shared by a request's prompts once and fork its state"
+    )
+    prefix_cache_mb: float = Field(
+        default=64, ge=0, description="per model: prompt-prefix states kept across requests (0 = off)"
     )
     prefill_tokens_per_step: int = Field(default=4096, ge=1, description="prompt/text tokens fed per scheduler tick")
     torch_threads: int | None = Field(
@@ -60,6 +68,13 @@ class Settings(BaseSettings):
     )
     max_fill_candidates: int = Field(default=100, ge=1, description="candidates a /v1/fill call returns or rescores")
     max_fill_chars: int = Field(default=16, ge=1, description="longest span a char model's /v1/fill may fill")
+    max_constraint_bytes: int = Field(
+        default=65_536, ge=1, description="size of a regex, choice list, JSON schema or grammar a request may send"
+    )
+    constraint_compile_seconds: float = Field(
+        default=2.0, gt=0, description="seconds a constraint may take to compile before it is refused"
+    )
+    constraint_cache_size: int = Field(default=256, ge=1, description="compiled constraints kept per model (LRU)")
     max_beam_width: int = Field(default=16, ge=1, description="largest beam_width of /v1/generate")
 
     # Sessions: their hidden state lives in Redis.

@@ -15,7 +15,7 @@ from typing import Generic, TypeVar
 import torch
 from torch import Tensor
 
-from model.network import RNNLM, State
+from model.network import RNNLM, State, state_from_tensors, state_tensors
 
 
 class Slotted:
@@ -40,8 +40,7 @@ class StatePool(Generic[Row]):
         self.rows: list[Row] = []
 
     def _zeros(self, capacity: int) -> list[Tensor]:
-        state = self.model.init_state(capacity)
-        return list(state) if isinstance(state, tuple) else [state]
+        return state_tensors(self.model.init_state(capacity))
 
     @property
     def size(self) -> int:
@@ -49,13 +48,11 @@ class StatePool(Generic[Row]):
 
     def state(self) -> State:
         """The packed rows' state: views (layers, size, hidden)."""
-        views = [t[:, : self.size] for t in self.tensors]
-        return (views[0], views[1]) if len(views) == 2 else views[0]
+        return state_from_tensors([t[:, : self.size] for t in self.tensors])
 
     def write(self, state: State) -> None:
         """Store the state of every packed row after a step."""
-        new = list(state) if isinstance(state, tuple) else [state]
-        for tensor, value in zip(self.tensors, new, strict=True):
+        for tensor, value in zip(self.tensors, state_tensors(state), strict=True):
             tensor[:, : self.size].copy_(value)
 
     def add(self, row: Row, state: Sequence[Tensor], pending: int, history: Sequence[int] | None = None) -> None:
@@ -90,6 +87,10 @@ class StatePool(Generic[Row]):
             last.slot = slot
         self.rows.pop()
         row.slot = -1
+
+    def copy_state(self, row: Row) -> State:
+        """A copy of one row's state (single-row tensors)."""
+        return state_from_tensors([t[:, row.slot : row.slot + 1].clone() for t in self.tensors])
 
     def _ensure_history(self) -> None:
         if self.seen is None:

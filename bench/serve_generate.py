@@ -9,8 +9,18 @@ clients each stream a generation of the same length from the server with the giv
 sampling settings. Prints tokens/s, the share of the ceiling and the speed-up over one
 client, measured side by side in one run.
 
+With `--regex PATTERN` every client count is measured in the same run free and with
+every request constrained to the regex (`structured_outputs.regex`; the vocabulary is
+`w0 .. w9997`, and a text from an empty prompt starts at a line start, so e.g.
+`'w[0-9]*[02468]( w[0-9]*[02468])*'` allows the words that end in an even digit), each
+the median of `--repeat` alternating runs; then the mask cost per decode step alone:
+llguidance's masks for that many rows along a random walk of allowed tokens, as the
+engine computes them each tick. Run it with PYTHONPATH=. so that the server started is
+this checkout's.
+
     nice .venv/bin/python bench/serve_generate.py [--tokens 64] [--clients 1 32 64]
-        [--temperature 0.8 --top-p 0.95 --top-k 0] [--torch-threads 1] [--device cpu|cuda] [--json OUT]
+        [--temperature 0.8 --top-p 0.95 --top-k 0] [--regex PATTERN [--repeat 3]]
+        [--torch-threads 1] [--device cpu|cuda] [--json OUT]
 
 Prints figures; never asserts on speed.
 """
@@ -20,21 +30,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import random
+import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app.engine.constraint import Constraint, ConstraintVocabulary
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.inference import advance
 from model.network import RNNLM, ModelConfig
-from model.tokenizer import EOS, UNK, WordTokenizer
+from model.tokenizer import EOS, UNK, Tokenizer, WordTokenizer
 from tests.live_server import ServeProcess
 
 MODEL_ID = "lstm-2x650"
@@ -86,7 +101,29 @@ def live_server(models: Path, env_overrides: dict[str, str]) -> Iterator[str]:
         server.stop()
 
 
-async def stream_one(url: str, tokens: int, seed: int, sampling: dict[str, float]) -> int:
+def mask_cost_ms(tokenizer: Tokenizer, regex: str, rows: int, steps: int) -> float:
+    """Median milliseconds for one tick's masks of `rows` rows under `regex` (llguidance, one parallel call)."""
+    vocabulary = ConstraintVocabulary(tokenizer)
+    matchers = [vocabulary.compile(Constraint("regex", regex), at_line_start=True) for _ in range(rows)]
+    rng = random.Random(0)
+    times = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        masks = vocabulary.masks(matchers)
+        times.append(time.perf_counter() - started)
+        going = []
+        for matcher, mask in zip(matchers, masks, strict=True):
+            allowed = [i for i in mask.nonzero().flatten().tolist() if i != vocabulary.end_id]
+            if allowed:
+                matcher.consume_token(rng.choice(allowed))
+                going.append(matcher)
+        matchers = going
+        if not matchers:
+            break
+    return statistics.median(times) * 1e3
+
+
+async def stream_one(url: str, tokens: int, seed: int, sampling: dict[str, Any]) -> int:
     """One streaming client on a raw socket (an HTTP client library would take CPU from the server it
     measures on a small machine); returns the tokens it received."""
     body = json.dumps(
@@ -103,7 +140,7 @@ async def stream_one(url: str, tokens: int, seed: int, sampling: dict[str, float
     try:
         status = await reader.readline()
         if b" 200 " not in status:
-            raise SystemExit(f"the server answered {status!r}")
+            raise SystemExit(f"the server answered {status!r}: {(await reader.read())[-400:]!r}")
         while chunk := await reader.read(65536):  # count events without parsing: keep the client cheap
             data = tail + chunk
             received += data.count(marker)
@@ -115,7 +152,7 @@ async def stream_one(url: str, tokens: int, seed: int, sampling: dict[str, float
     return received
 
 
-async def served_tokens_per_second(url: str, clients: int, tokens: int, sampling: dict[str, float]) -> float:
+async def served_tokens_per_second(url: str, clients: int, tokens: int, sampling: dict[str, Any]) -> float:
     await asyncio.gather(*(stream_one(url, 2, i, sampling) for i in range(clients)))  # warm up
     started = time.perf_counter()
     counts = await asyncio.gather(*(stream_one(url, tokens, i, sampling) for i in range(clients)))
@@ -131,6 +168,8 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--regex", default=None, help="also measure every request constrained to this regex")
+    parser.add_argument("--repeat", type=int, default=3, help="with --regex: free and constrained runs, alternating")
     parser.add_argument("--hidden", type=int, default=650)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -141,7 +180,7 @@ def main() -> None:
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     threads = torch.get_num_threads()
-    sampling = {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k}
+    sampling: dict[str, Any] = {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k}
 
     with tempfile.TemporaryDirectory() as tmp:
         models = build_models_dir(Path(tmp), hidden=args.hidden, layers=args.layers)
@@ -151,12 +190,25 @@ def main() -> None:
             "RNNLM_MAX_ACTIVE_SEQUENCES": str(max(args.clients) + 8),
             "RNNLM_DEVICE": args.device,
         }
-        ceiling, served = {}, {}
+        ceiling, served, constrained, masks = {}, {}, {}, {}
+        constraint = {"structured_outputs": {"regex": args.regex}}
         with live_server(models, env) as url:
             # Interleaved (the server idles while the forward runs), so load from other jobs drifts less between them.
             for n in args.clients:
                 ceiling[n] = ceiling_tokens_per_second(model, n, args.tokens)
-                served[n] = asyncio.run(served_tokens_per_second(url, n, args.tokens, sampling))
+                if not args.regex:
+                    served[n] = asyncio.run(served_tokens_per_second(url, n, args.tokens, sampling))
+                    continue
+                # Free and constrained alternate `--repeat` times: the medians, so that load from other
+                # jobs that comes and goes falls on both alike.
+                free, held = [], []
+                for _ in range(args.repeat):
+                    free.append(asyncio.run(served_tokens_per_second(url, n, args.tokens, sampling)))
+                    held.append(asyncio.run(served_tokens_per_second(url, n, args.tokens, {**sampling, **constraint})))
+                served[n], constrained[n] = statistics.median(free), statistics.median(held)
+        if args.regex:
+            tokenizer = load_checkpoint(models / MODEL_ID).tokenizer
+            masks = {n: mask_cost_ms(tokenizer, args.regex, n, args.tokens) for n in args.clients}
 
     settings = ", ".join(f"{k} {v:g}" for k, v in sampling.items())
     print(
@@ -182,8 +234,23 @@ def main() -> None:
         print(
             f"{n:>7} | {served[n]:>12.0f} | {ceiling[n]:>26.0f} | {served[n] / ceiling[n]:>10.0%} | {served[n] / base:>10.1f}x"
         )
+    if args.regex:
+        print(f"\nconstrained to the regex {args.regex!r} (load {os.getloadavg()[0]:.1f})")
+        print(
+            f"{'clients':>7} | {'free tok/s':>10} | {'constrained tok/s':>17} | {'constrained/free':>16} | "
+            f"{'mask ms/step':>12} | {'mask µs/row':>11}"
+        )
+        print("-" * 90)
+        for row in rows:
+            n = row["clients"]
+            row |= {"constrained_tokens_per_s": constrained[n], "mask_ms_per_step": masks[n]}
+            print(
+                f"{n:>7} | {served[n]:>10.0f} | {constrained[n]:>17.0f} | {constrained[n] / served[n]:>16.0%} | "
+                f"{masks[n]:>12.2f} | {masks[n] * 1e3 / n:>11.0f}"
+            )
     if args.json:
-        args.json.write_text(json.dumps({"settings": sampling, "device": args.device, "rows": rows}, indent=2))
+        settings = {**sampling, "regex": args.regex}
+        args.json.write_text(json.dumps({"settings": settings, "device": args.device, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

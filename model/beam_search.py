@@ -40,6 +40,7 @@ class BeamSettings:
     banned: tuple[int, ...] = ()
     keep_prefixes: bool = False
     with_greedy: bool = True
+    allow_unk: bool = False  # the serving engine bans the unknown token unless this is set
 
 
 @dataclass(frozen=True)

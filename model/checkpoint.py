@@ -6,6 +6,7 @@ failure raises CheckpointError naming the file and the problem.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -168,6 +169,15 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
         direction=str(data.get("direction", "forward")),
         training=training or {},
     )
+
+
+def weights_sha256(directory: str | Path) -> str:
+    """The hex SHA-256 of a checkpoint's weights file: what a session state is valid for."""
+    digest = hashlib.sha256()
+    with (Path(directory) / WEIGHTS_FILE).open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _read_json(path: Path) -> Any:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.network import RNNLM, State, select_state
+from model.network import RNNLM, State, select_state, state_from_tensors, state_tensors
 from model.sampling import SamplerInputs, SamplingParams, random_seed, sample
 
 # Time steps per forward when scoring long texts: bounds the (B, T, V) logits in memory.
@@ -55,8 +55,19 @@ def feed_tokens(
     `with_logprobs` is false), the new batched state, and the new pending tokens.
     Rows are processed together, right-padded, in chunks of SCORE_CHUNK steps.
     """
-    logprobs, _, state, pending = feed_tokens_with_top(model, state, pending, texts, with_logprobs, top=0)
-    return logprobs, state, pending
+    fed = feed_tokens_with_top(model, state, pending, texts, with_logprobs, top=0)
+    return fed.logprobs, fed.state, fed.pending
+
+
+@dataclass(frozen=True)
+class Fed:
+    """What `feed_tokens_with_top` gives back, one entry per row."""
+
+    logprobs: list[Tensor]  # (len_i,) log-probabilities of the fed tokens (empty without with_logprobs)
+    tops: list[TopLogprobs] | None  # the `top` most likely tokens at each position, when asked
+    state: State  # the batched state after every row's tokens
+    pending: list[int]  # each row's last token
+    snapshots: list[list[State]]  # single-row states after each of the row's `cuts`, in order
 
 
 @torch.inference_mode()
@@ -67,8 +78,13 @@ def feed_tokens_with_top(
     texts: list[list[int]],
     with_logprobs: bool,
     top: int,
-) -> tuple[list[Tensor], list[TopLogprobs] | None, State, list[int]]:
-    """`feed_tokens`, also giving the `top` most likely tokens at every position (from the same log-softmax)."""
+    cuts: list[list[int]] | None = None,
+) -> Fed:
+    """`feed_tokens`, also giving the `top` most likely tokens at every position (from the same log-softmax).
+
+    `cuts[i]` lists lengths 0 < n < len(texts[i]) after which a copy of row i's state is
+    wanted (the serving engine caches prompt prefixes there); the forward is split at them.
+    """
     device = model_device(model)
     batch_size = len(texts)
     lengths = torch.tensor([len(t) for t in texts], dtype=torch.long)
@@ -85,21 +101,37 @@ def feed_tokens_with_top(
     logprobs = torch.zeros(batch_size, max_len, device=device)
     top_values = torch.zeros(batch_size, max_len, top, device=device)
     top_ids = torch.zeros(batch_size, max_len, top, dtype=torch.long, device=device)
+    cuts = cuts or [[] for _ in texts]
+    snapshots: list[list[State]] = [[] for _ in texts]
     for start in range(0, max_len, SCORE_CHUNK):
-        active = torch.nonzero(lengths > start).flatten()  # rows with tokens left
-        chunk_lengths = (lengths[active] - start).clamp(max=SCORE_CHUNK)
-        stop = start + int(chunk_lengths.max())
-        rows = active.to(device)
-        sub_state = select_state(state, rows)
-        output, sub_state = model.encode(inputs[rows, start:stop], sub_state, chunk_lengths)  # (b, t, H)
-        state = _scatter_state(state, rows, sub_state)
+        stop = min(start + SCORE_CHUNK, max_len)
+        window = torch.nonzero(lengths > start).flatten().to(device)  # rows with tokens in this window
+        # The recurrence runs in pieces split at the cuts (to copy states out there); the
+        # decoder and the log-softmax run once over the window's outputs.
+        outputs = model.decoder.weight.new_zeros(batch_size, stop - start, model.config.hidden_size)
+        piece_start = start
+        for piece_stop in sorted({n for row in cuts for n in row if start < n < stop} | {stop}):
+            active = torch.nonzero(lengths > piece_start).flatten()
+            piece_lengths = (lengths[active] - piece_start).clamp(max=piece_stop - piece_start)
+            end = piece_start + int(piece_lengths.max())
+            rows = active.to(device)
+            sub_state = select_state(state, rows)
+            output, sub_state = model.encode(inputs[rows, piece_start:end], sub_state, piece_lengths)  # (b, t, H)
+            state = _scatter_state(state, rows, sub_state)
+            outputs[rows, piece_start - start : end - start] = output
+            for row, row_cuts in enumerate(cuts):
+                if end in row_cuts:
+                    snapshots[row].append(
+                        state_from_tensors([t[:, row : row + 1].clone() for t in state_tensors(state)])
+                    )
+            piece_start = end
         if with_logprobs:
-            chunk = F.log_softmax(model.decode(output).float(), dim=-1)  # (b, t, V)
-            picked = chunk.gather(-1, targets[rows, start:stop].unsqueeze(-1)).squeeze(-1)  # (b, t)
-            logprobs[rows, start:stop] = picked
+            chunk = F.log_softmax(model.decode(outputs[window]).float(), dim=-1)  # (b, t, V)
+            picked = chunk.gather(-1, targets[window, start:stop].unsqueeze(-1)).squeeze(-1)  # (b, t)
+            logprobs[window, start:stop] = picked
             if top:
                 values, ids = torch.topk(chunk, top, dim=-1)  # (b, t, k)
-                top_values[rows, start:stop], top_ids[rows, start:stop] = values, ids
+                top_values[window, start:stop], top_ids[window, start:stop] = values, ids
     new_pending = [tokens[-1] if tokens else pending[row] for row, tokens in enumerate(texts)]
     per_row = [
         logprobs[row, : len(tokens)].cpu() if with_logprobs else torch.zeros(0) for row, tokens in enumerate(texts)
@@ -110,7 +142,7 @@ def feed_tokens_with_top(
             TopLogprobs(top_values[row, : len(tokens)].cpu(), top_ids[row, : len(tokens)].cpu())
             for row, tokens in enumerate(texts)
         ]
-    return per_row, tops, state, new_pending
+    return Fed(per_row, tops, state, new_pending, snapshots)
 
 
 def _scatter_state(state: State, rows: Tensor, sub_state: State) -> State:

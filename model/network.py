@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
@@ -170,7 +171,13 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def state_tensors(state: State) -> list[Tensor]:
+    """A state as a list: [h] (RNN/GRU) or [h, c] (LSTM)."""
     return list(state) if isinstance(state, tuple) else [state]
+
+
+def state_from_tensors(tensors: Sequence[Tensor]) -> State:
+    """The inverse of `state_tensors`: an (h, c) pair from two tensors, else the one tensor."""
+    return (tensors[0], tensors[1]) if len(tensors) == 2 else tensors[0]
 
 
 def cat_states(states: list[State], dim: int = 1) -> State:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -51,6 +51,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    allow_unk: bool = False  # whether <unk> may be sampled or chosen (by default it is never generated)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
@@ -81,8 +82,8 @@ class SamplerInputs:
 
     `seen` (B, V) bool marks the tokens of the history (prompt and generated, for the
     repetition penalty); `counts` (B, V) counts the generated tokens (presence and
-    frequency penalties); `banned` (B, V) bool forbids tokens. Each may be None when no
-    row needs it.
+    frequency penalties); each may be None when no row needs it. `banned` lists the
+    (row, token) pairs that must not be drawn (a few per row, so no (B, V) mask).
     """
 
     params: list[SamplingParams]
@@ -90,7 +91,7 @@ class SamplerInputs:
     steps: list[int]
     seen: Tensor | None = None
     counts: Tensor | None = None
-    banned: Tensor | None = None
+    banned: list[tuple[int, int]] = field(default_factory=list)
 
 
 def _column(values: list[float], like: Tensor) -> Tensor:
@@ -100,6 +101,7 @@ def _column(values: list[float], like: Tensor) -> Tensor:
 def process_logits(logits: Tensor, inputs: SamplerInputs) -> Tensor:
     """The logits after bias, penalties and bans (B, V), float32; the input is left as it was."""
     params = inputs.params
+    original = logits
     logits = logits.float()
     bias = [(row, token, value) for row, p in enumerate(params) for token, value in p.logit_bias]
     if bias:
@@ -115,8 +117,11 @@ def process_logits(logits: Tensor, inputs: SamplerInputs) -> Tensor:
         presence = _column([p.presence_penalty for p in params], logits)
         frequency = _column([p.frequency_penalty for p in params], logits)
         logits = logits - inputs.counts * frequency - (inputs.counts > 0).float() * presence
-    if inputs.banned is not None:
-        logits = logits.masked_fill(inputs.banned, -math.inf)
+    if inputs.banned:
+        logits = logits.clone() if logits is original else logits  # index_put_ works in place
+        rows, tokens = zip(*inputs.banned, strict=True)
+        index = (torch.tensor(rows, device=logits.device), torch.tensor(tokens, device=logits.device))
+        logits.index_put_(index, torch.tensor(-math.inf, device=logits.device))
     return logits
 
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.redis_server import RedisServer
 
@@ -20,3 +21,12 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     with RedisServer(Path(tmp_path_factory.mktemp("redis"))) as server:
         yield server.url
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models on a shared CPU: one thread is faster (restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -3,14 +3,17 @@
 Every `curl` line in a page's code blocks is parsed (method, path, JSON body) and sent,
 in order, to the app over ASGI with tiny models named like the quickstart's; all must
 succeed. `$S` (or any `$NAME`) in a path is the session the last `POST /v1/sessions`
-example of the same page created. Together the pages have an example for every
+example of the same page created. `-o FILE` keeps the answer's bytes under that name, and
+`--data-binary @FILE` sends them back with the example's `Content-Type` header. Together the pages have an example for every
 endpoint. The configuration table (docs/configuration.md) must list every server setting
 with its real default, every `RNNLM_` name a page mentions must exist, and every
-relative link between the pages must lead to a file that exists.
+relative link between the pages must lead to a file that exists. No page points outside
+the repository except to `../shared/data`, the optional local mirror of the corpora.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shlex
@@ -46,6 +49,9 @@ class CurlExample:
     method: str
     path: str  # may hold $S
     body: Any
+    output: str | None = None  # -o FILE: the answer's bytes are kept under this name
+    upload: str | None = None  # --data-binary @FILE: those bytes are the body
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __str__(self) -> str:
         return f"line {self.line}: {self.method} {self.path}"
@@ -86,7 +92,8 @@ def curl_commands(text: str, first_line: int = 1) -> list[CurlExample]:
 
 
 def parse_curl(words: list[str], line: int) -> CurlExample:
-    method, path, body = None, None, None
+    method, path, body, output, upload = None, None, None, None, None
+    headers: dict[str, str] = {}
     arguments = iter(words[1:])
     for word in arguments:
         if word in ("-X", "--request"):
@@ -97,12 +104,20 @@ def parse_curl(words: list[str], line: int) -> CurlExample:
                 body = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise AssertionError(f"line {line}: the body is not JSON ({exc}): {text}") from exc
+        elif word == "--data-binary":
+            upload = next(arguments)
+            assert upload.startswith("@"), f"line {line}: --data-binary takes @FILE here"
+            upload = upload[1:]
+        elif word in ("-o", "--output"):
+            output = next(arguments)
         elif word in ("-H", "--header"):
-            next(arguments)
+            name, _, value = next(arguments).partition(":")
+            headers[name.strip()] = value.strip()
         elif match := URL.match(word):
             path = match.group(1)
     assert path is not None, f"line {line}: no http://localhost:PORT/... address in {words}"
-    return CurlExample(line, method or ("POST" if body is not None else "GET"), path, body)
+    method = method or ("POST" if body is not None or upload is not None else "GET")
+    return CurlExample(line, method, path, body, output, upload, headers)
 
 
 def documented_settings(text: str) -> dict[str, str]:
@@ -136,13 +151,21 @@ async def client(tmp_path: Path, redis_url: str) -> AsyncIterator[httpx.AsyncCli
 async def run_examples(client: httpx.AsyncClient, examples: list[CurlExample]) -> None:
     """Send each example in order; every one must succeed (a stream must be an event stream)."""
     session: str | None = None
+    files: dict[str, bytes] = {}  # what `-o FILE` examples saved
     for example in examples:
         path = example.path
         if VARIABLE.search(path):
             assert session is not None, f"{example}: no session was created by an example before it"
             path = VARIABLE.sub(session, path)
-        response = await client.request(example.method, path, json=example.body)
+        if example.upload is not None:
+            assert example.upload in files, f"{example}: no example before it saved {example.upload}"
+            content = files[example.upload]
+            response = await client.request(example.method, path, content=content, headers=example.headers)
+        else:
+            response = await client.request(example.method, path, json=example.body)
         assert response.is_success, f"{example} -> {response.status_code} {response.text[:500]}"
+        if example.output is not None:
+            files[example.output] = response.content
         if isinstance(example.body, dict) and example.body.get("stream"):
             assert response.headers["content-type"].startswith("text/event-stream"), str(example)
             assert "data:" in response.text, str(example)
@@ -204,6 +227,22 @@ def test_every_relative_link_leads_to_a_page_and_heading(page: Path) -> None:
         assert linked.is_file(), f"{page_id(page)}: link to {target}, no such file"
         if anchor and linked.suffix == ".md":
             assert anchor in anchors(linked.read_text(encoding="utf-8")), f"{page_id(page)}: no heading for {target}"
+
+
+# What a page may name outside the repository: only `../shared/data`, the optional local mirror of the corpora.
+OUTSIDE = re.compile(r"\.\./shared(?!/data)|shared/DESIGN|DESIGN\.md")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=page_id)
+def test_no_page_points_outside_the_repository_but_the_corpora_mirror(page: Path) -> None:
+    """The design is docs/architecture.md; `../shared/data` is the one outside path a page may name."""
+    text = page.read_text(encoding="utf-8")
+    found = [f"line {text.count(chr(10), 0, m.start()) + 1}: {m.group()}" for m in OUTSIDE.finditer(text)]
+    assert not found, f"{page_id(page)} points outside the repository: {found}"
+
+
+def test_the_readme_links_the_architecture() -> None:
+    assert "](docs/architecture.md)" in README.read_text(encoding="utf-8")
 
 
 def anchors(text: str) -> set[str]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from app.protocol.constraints import CONSTRAINT_FIELDS, ConstraintFields
 
 
 def _valid_unicode(value: str) -> str:
@@ -31,8 +34,16 @@ class Request(BaseModel):
     model: str | None = Field(default=None, description="a loaded model id; the default model when omitted")
 
 
-class SamplingFields(BaseModel):
-    """The sampling settings shared by /v1/generate and the session generate call."""
+class SamplingFields(ConstraintFields):
+    """How a request is sampled, declared once: /v1/generate, session generate and /v1/completions share it.
+
+    The constraint fields (app/protocol/constraints.py: `structured_outputs`,
+    `response_format` and the `guided_*` aliases) come first.
+
+    app/serving/sampling.py turns these into the engine's GenerationSettings, in one
+    place; a surface that cannot honour some of them (beam search, a completion's
+    suffix) refuses those in use, as `fields_in_use` finds them.
+    """
 
     max_tokens: int | None = Field(
         default=None, ge=0, description="tokens to generate (the server's default when omitted)"
@@ -54,11 +65,26 @@ class SamplingFields(BaseModel):
         default=None, description="token id (as a string) -> bias added to its logit, -100..100"
     )
     stop: Text | list[Text] | None = Field(default=None, description="stop strings; the text ends before the first one")
-    seed: Seed | None = Field(default=None, description="same request + same seed = same text")
+    seed: Seed | None = Field(
+        default=None, description="same request + same seed = same text; choice i of n draws from seed + i"
+    )
     logprobs: int = Field(
         default=0, ge=0, description="top alternatives (raw model log-probabilities) per generated token"
     )
     stop_at_eos: bool = Field(default=True, description="word models: finish with 'eos' when <eos> is generated")
+    allow_unk: bool = Field(
+        default=False, description="sample or choose the <unk> token; by default it is never generated"
+    )
+
+    def fields_in_use(self, names: Iterable[str]) -> list[str]:
+        """Those of `names` whose value differs from this request type's default, in the order given."""
+        declared = type(self).model_fields
+        return [name for name in names if getattr(self, name) != declared[name].get_default(call_default_factory=True)]
+
+
+# The sampling fields proper, in declared order; the constraint fields (CONSTRAINT_FIELDS) are walked on their own,
+# as a request takes at most one of them.
+SAMPLING_FIELDS = tuple(name for name in SamplingFields.model_fields if name not in CONSTRAINT_FIELDS)
 
 
 class TokenLogprob(BaseModel):

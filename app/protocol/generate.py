@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, Field
 
+from app.engine import FinishReason
 from app.protocol.common import Request, SamplingFields, Text, TokenLogprob, Usage
-
-FinishReason = Literal["length", "stop", "eos"]
 
 
 class GenerateRequest(Request, SamplingFields):

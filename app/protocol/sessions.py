@@ -6,8 +6,9 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+from app.engine import FinishReason
 from app.protocol.common import Request, SamplingFields, Text, Usage
-from app.protocol.generate import FinishReason, GeneratedToken, NextTokenResponse
+from app.protocol.generate import GeneratedToken, NextTokenResponse
 from app.protocol.score import ScoredToken
 
 

@@ -10,7 +10,7 @@ from app.disconnect import unless_client_leaves
 from app.protocol.common import event_stream_response
 from app.protocol.completions import CompletionRequest, CompletionResponse
 from app.serving import completions as serving
-from app.serving.render import event_source
+from app.sse import event_source
 
 router = APIRouter(prefix="/v1", tags=["completions"])
 
@@ -19,8 +19,7 @@ router = APIRouter(prefix="/v1", tags=["completions"])
 async def completions(
     body: CompletionRequest, models: ModelsDep, settings: SettingsDep, request: Request
 ) -> CompletionResponse | EventSourceResponse:
-    prepared = serving.prepare_completion(models, settings, body)
     if body.stream:
-        generation = serving.start_stream(prepared)  # admission (429) happens before the stream opens
-        return event_source(generation, serving.CompletionStream(prepared))
-    return await unless_client_leaves(request, serving.complete(prepared))
+        generation, renderer = serving.start_stream(models, settings, body)  # admission (429) before the stream opens
+        return event_source(generation, renderer)
+    return await unless_client_leaves(request, serving.complete(models, settings, body))

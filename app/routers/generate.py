@@ -11,7 +11,7 @@ from app.protocol.common import event_stream_response
 from app.protocol.generate import GenerateRequest, GenerateResponse, NextTokenRequest, NextTokenResponse
 from app.serving import beam
 from app.serving import generate as serving
-from app.serving.render import event_source
+from app.sse import event_source
 
 router = APIRouter(prefix="/v1", tags=["generate"])
 
@@ -21,21 +21,11 @@ async def generate(
     body: GenerateRequest, models: ModelsDep, settings: SettingsDep, request: Request
 ) -> GenerateResponse | EventSourceResponse:
     if body.beam_width > 1 or "length_penalty" in body.model_fields_set:
-        prepared, search = beam.prepare_beam(models, settings, body)
-        run = beam.start_beam(prepared, search)  # admission (429) before anything is answered
-        try:
-            hypotheses = await unless_client_leaves(request, run.hypotheses())
-        finally:
-            run.cancel()  # a no-op once answered; covers a client gone before the search was awaited
-        return beam.beam_response(prepared, search, hypotheses)
-    prepared = serving.prepare_generation(models, settings, body)
-    generation = prepared.start()  # admission (429) happens before a stream opens
+        return await unless_client_leaves(request, beam.search(models, settings, body))
     if body.stream:
-        return event_source(generation, serving.NativeStream(prepared))
-    try:
-        return await unless_client_leaves(request, serving.generate(prepared, generation))
-    finally:
-        generation.cancel()  # a no-op once finished; covers a client gone before it was awaited
+        generation, renderer = serving.start_stream(models, settings, body)  # admission (429) before the stream opens
+        return event_source(generation, renderer)
+    return await unless_client_leaves(request, serving.generate(models, settings, body))
 
 
 @router.post("/next-token")

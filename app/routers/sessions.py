@@ -1,4 +1,4 @@
-"""/v1/sessions: create, feed, generate (whole or streamed), next-token, fork, inspect, end."""
+"""/v1/sessions: create, feed, generate (whole or streamed), next-token, fork, inspect, end, export, import."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from app.protocol.sessions import (
     SessionNextTokenResponse,
 )
 from app.security import CallerDep
-from app.serving.render import event_source
+from app.serving.session_transfer import MEDIA_TYPE
+from app.sse import event_source
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
@@ -29,6 +30,27 @@ router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 @router.post("", status_code=201)
 async def create_session(body: SessionCreateRequest, sessions: SessionsDep, caller: CallerDep) -> SessionInfo:
     return await sessions.create(body, owner=caller)
+
+
+@router.post(
+    "/import",
+    status_code=201,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "a file from GET /v1/sessions/{id}/export",
+            "content": {MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
+async def import_session(
+    request: Request,
+    sessions: SessionsDep,
+    caller: CallerDep,
+    model: Annotated[str | None, Query(description="the model to continue it (default: the file's)")] = None,
+    ttl: Annotated[float | None, Query(gt=0, description="seconds of inactivity before it expires")] = None,
+) -> SessionInfo:
+    return await sessions.import_file(await request.body(), model=model, ttl=ttl, owner=caller)
 
 
 @router.get("/{session_id}")
@@ -82,3 +104,14 @@ async def fork(
     session_id: str, sessions: SessionsDep, caller: CallerDep, body: SessionForkRequest | None = None
 ) -> SessionInfo:
     return await sessions.fork(session_id, body or SessionForkRequest(), owner=caller)
+
+
+@router.get(
+    "/{session_id}/export",
+    response_class=Response,
+    responses={200: {"content": {MEDIA_TYPE: {}}, "description": "the session as a safetensors file"}},
+)
+async def export(session_id: str, sessions: SessionsDep, caller: CallerDep) -> Response:
+    data = await sessions.export(session_id, owner=caller)
+    disposition = f'attachment; filename="{session_id}.safetensors"'  # the id is 32 hex digits (else 404 above)
+    return Response(data, media_type=MEDIA_TYPE, headers={"Content-Disposition": disposition})

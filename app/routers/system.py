@@ -31,6 +31,8 @@ LIMITS = (
     "max_fill_candidates",
     "max_fill_chars",
     "max_beam_width",
+    "max_constraint_bytes",
+    "constraint_compile_seconds",
     "session_ttl",
     "max_session_ttl",
 )

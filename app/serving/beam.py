@@ -7,8 +7,9 @@ like any other generation.
 
 from __future__ import annotations
 
-from app.engine import BeamRun, finite
+from app.engine import finite
 from app.errors import InvalidRequest, LimitExceeded
+from app.protocol.common import SAMPLING_FIELDS
 from app.protocol.generate import BeamSummary, GeneratedToken, GenerateRequest, GenerateResponse
 from app.registry import ModelRegistry
 from app.serving.generate import PreparedGeneration, prepare_generation
@@ -17,15 +18,10 @@ from model.beam_search import BeamSettings, Hypothesis
 
 # ---- /v1/generate with beam_width > 1 ------------------------------------------------
 
-SAMPLING_DEFAULTS = {
-    "temperature": 1.0,
-    "top_k": 0,
-    "top_p": 1.0,
-    "min_p": 0.0,
-    "repetition_penalty": 1.0,
-    "presence_penalty": 0.0,
-    "frequency_penalty": 0.0,
-}
+# What a beam search honours of the sampling fields; every other one in use is refused.
+# (A constraint, in CONSTRAINT_FIELDS, is honoured too: the engine masks each beam row.)
+BEAM_HONOURS = ("max_tokens", "stop_at_eos", "allow_unk")
+BEAM_CONFLICTS = (*(name for name in SAMPLING_FIELDS if name not in BEAM_HONOURS), "stream")
 
 
 def check_beam_request(settings: Settings, request: GenerateRequest) -> None:
@@ -39,9 +35,7 @@ def check_beam_request(settings: Settings, request: GenerateRequest) -> None:
             f"beam_width={request.beam_width} is more than max_beam_width={settings.max_beam_width}",
             limit="max_beam_width",
         )
-    conflicts = [name for name, default in SAMPLING_DEFAULTS.items() if getattr(request, name) != default]
-    conflicts += [name for name in ("stream", "seed", "stop", "logit_bias") if getattr(request, name)]
-    conflicts += ["logprobs"] if request.logprobs else []
+    conflicts = request.fields_in_use(BEAM_CONFLICTS)
     if conflicts:
         raise InvalidRequest(
             f"beam_width={request.beam_width} (beam search) cannot be combined with {', '.join(conflicts)}: "
@@ -56,18 +50,27 @@ def prepare_beam(
     """A checked beam-search request: the prompt and the search."""
     check_beam_request(settings, request)
     prepared = prepare_generation(models, settings, request)
+    constrained = prepared.settings.constraint is not None
     return prepared, BeamSettings(
         beam_width=request.beam_width,
         max_tokens=prepared.settings.max_tokens,
         length_penalty=request.length_penalty,
-        eos_id=prepared.settings.eos_id,
+        # a constraint ends its text at the line boundary (the engine's rule; here so the answer hides it too)
+        eos_id=prepared.served.checkpoint.tokenizer.boundary_id if constrained else prepared.settings.eos_id,
+        allow_unk=request.allow_unk,
     )
 
 
-def start_beam(prepared: PreparedGeneration, search: BeamSettings) -> BeamRun:
-    """Admit the search to the engine (EngineBusy when full); the prompt is fed first."""
+async def search(models: ModelRegistry, settings: Settings, request: GenerateRequest) -> GenerateResponse:
+    """The whole answer: the request checked, the search admitted (EngineBusy when full) and run."""
+    prepared, beam = prepare_beam(models, settings, request)
     engine = prepared.served.engine
-    return engine.beam(engine.fresh(), search, prepared.prompt_ids)
+    run = engine.beam(engine.fresh(), beam, prepared.prompt_ids, prepared.settings.constraint)
+    try:
+        hypotheses = await run.hypotheses()
+    finally:
+        run.cancel()  # a no-op once answered; stops the search when this is cancelled (a client gone)
+    return beam_response(prepared, beam, hypotheses)
 
 
 def beam_response(prepared: PreparedGeneration, search: BeamSettings, hypotheses: list[Hypothesis]) -> GenerateResponse:
@@ -79,13 +82,14 @@ def beam_response(prepared: PreparedGeneration, search: BeamSettings, hypotheses
     previous = prepared.prompt_ids[-1] if prepared.prompt_ids else tokenizer.boundary_id
     for token_id, logprob in zip(best.ids, best.logprobs, strict=True):
         piece = tokenizer.piece(token_id, previous)
-        shown = "" if token_id == prepared.settings.eos_id else piece  # as sampling: the end token adds no text
+        shown = "" if token_id == search.eos_id else piece  # as sampling: the end token adds no text
         tokens.append(GeneratedToken(id=token_id, token=piece, text=shown, logprob=finite(logprob)))
         previous = token_id
     return GenerateResponse(
         model=served.id,
         text="".join(token.text for token in tokens),
-        finish_reason=best.finish,
+        # a constraint's end token completes its text: "stop", as when sampling
+        finish_reason="stop" if prepared.settings.constraint is not None and best.finish == "eos" else best.finish,
         tokens=tokens,
         usage=prepared.usage(len(best.ids)),
         beam=BeamSummary(

@@ -25,24 +25,26 @@ import math
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any
 
 from app.engine import FeedResult, Generation, GenerationResult, GenerationSettings, TokenEvent, Top
 from app.errors import InvalidRequest
-from app.protocol.common import SamplingFields, Usage
-from app.protocol.completions import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse
-from app.protocol.fill import FillRequest
+from app.protocol.common import Usage
+from app.protocol.completions import (
+    CompletionChoice,
+    CompletionFinishReason,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+)
 from app.registry import ModelRegistry, ServedModel
-from app.serving.fill import fill
+from app.serving.completion_suffix import check_suffix, fill_middle
 from app.serving.limits import check_count, check_logprobs, check_text
 from app.serving.render import Choice, Event, collect
 from app.serving.sampling import generation_settings
+from app.serving.shared_prefixes import prefix_groups
 from app.settings import Settings
 from model.tokenizer import Tokenizer
-
-SUFFIX_GAP = "\x00"  # the gap marker of a suffix completion (never in a text by accident)
-MIN_SHARED_PREFIX = 2  # tokens worth a feed of their own
-FinishReason = Literal["length", "stop"]
 
 
 @dataclass(frozen=True)
@@ -101,22 +103,8 @@ def prepare_completion(models: ModelRegistry, settings: Settings, request: Compl
         if request.echo and request.logprobs is not None:
             raise InvalidRequest("echo with logprobs (prompt scoring) is not streamed; send stream=false", field="echo")
     if request.suffix is not None:
-        _check_suffix(models, served, request, prompts)
-    fields = SamplingFields(
-        max_tokens=request.max_tokens,
-        temperature=request.temperature,
-        top_k=request.top_k,
-        top_p=request.top_p,
-        min_p=request.min_p,
-        repetition_penalty=request.repetition_penalty,
-        presence_penalty=request.presence_penalty,
-        frequency_penalty=request.frequency_penalty,
-        logit_bias=request.logit_bias,
-        stop=request.stop,
-        seed=request.seed,
-        logprobs=request.logprobs or 0,
-    )
-    plans = [generation_settings(settings, served, fields, p.ids, request.min_tokens) for p in prompts]
+        check_suffix(models, served, request, len(prompts), prompts[0].text)
+    plans = [generation_settings(settings, served, request, p.ids, request.min_tokens) for p in prompts]
     return PreparedCompletion(
         request, models, served, prompts, plans, f"cmpl-{uuid.uuid4().hex}", int(time.time()), settings
     )
@@ -175,73 +163,6 @@ def _offsets_in(text: str, surfaces: list[str]) -> list[int]:
     return offsets
 
 
-# ---- suffix: fill the middle ------------------------------------------------------------
-
-SUFFIX_CONFLICTS = {"stream": False, "echo": False, "logprobs": None, "best_of": None, "logit_bias": None}
-
-
-def _check_suffix(
-    models: ModelRegistry, served: ServedModel, request: CompletionRequest, prompts: list[Prompt]
-) -> None:
-    """A suffix is filled by /v1/fill's search, which needs a backward partner and does not sample."""
-    partner = models.pairs.partner(served.id)
-    if partner is None or served.checkpoint.direction != "forward":
-        raise InvalidRequest(
-            f"suffix needs a backward partner of model {served.id!r} to fill the middle, and none is loaded "
-            "(train one with --direction backward; see docs/api.md#fill)",
-            field="suffix",
-        )
-    conflicts = [name for name, default in SUFFIX_CONFLICTS.items() if getattr(request, name) != default]
-    sampling = (
-        "temperature",
-        "top_p",
-        "top_k",
-        "min_p",
-        "repetition_penalty",
-        "presence_penalty",
-        "frequency_penalty",
-        "min_tokens",
-        "seed",
-        "stop",
-    )
-    conflicts += [name for name in sampling if name in request.model_fields_set]
-    if len(prompts) > 1:
-        conflicts.append("prompt (a list)")
-    if conflicts:
-        raise InvalidRequest(
-            f"suffix (filling the middle, a search over both directions) cannot be combined with "
-            f"{', '.join(conflicts)}",
-            field="suffix",
-            conflicts=conflicts,
-        )
-    if served.level == "word" and (prompts[0].text[-1:].strip() or (request.suffix or "")[:1].strip()):
-        raise InvalidRequest(
-            "a word model fills one whole word: end the prompt and start the suffix with whitespace", field="suffix"
-        )
-
-
-async def _complete_suffix(prepared: PreparedCompletion) -> CompletionResponse:
-    request, prompt = prepared.request, prepared.prompts[0]
-    max_chars = min(max(request.max_tokens, 1), prepared.settings.max_fill_chars)
-    answer = await fill(
-        prepared.models,
-        prepared.settings,
-        FillRequest(
-            model=prepared.served.id,
-            text=prompt.text + SUFFIX_GAP + (request.suffix or ""),
-            gap=SUFFIX_GAP,
-            top_k=request.n,
-            max_chars=max_chars if prepared.served.level == "char" else None,
-        ),
-    )
-    choices = [
-        CompletionChoice(index=index, text=candidate.text, logprobs=None, finish_reason="stop")
-        for index, candidate in enumerate(answer.candidates)
-    ]
-    generated = sum(len(candidate.token_ids) for candidate in answer.candidates)
-    return _response(prepared, choices, prepared.usage(generated))
-
-
 # ---- whole answers ----------------------------------------------------------------------
 
 
@@ -254,9 +175,13 @@ class PromptOutcome:
     fed_top: list[Top]
 
 
-async def complete(prepared: PreparedCompletion) -> CompletionResponse:
+async def complete(models: ModelRegistry, settings: Settings, request: CompletionRequest) -> CompletionResponse:
+    """The whole answer: the request checked, admitted (EngineBusy when full) and generated."""
+    prepared = prepare_completion(models, settings, request)
     if prepared.request.suffix is not None:
-        return await _complete_suffix(prepared)
+        text = prepared.prompts[0].text
+        filled, generated = await fill_middle(prepared.models, prepared.settings, prepared.served, request, text)
+        return _response(prepared, filled, prepared.usage(generated))
     engine = prepared.served.engine
     ids = [prompt.ids for prompt in prepared.prompts]
     groups = prefix_groups(ids) if prepared.settings.share_prefixes else [([], [i]) for i in range(len(ids))]
@@ -299,35 +224,6 @@ async def complete(prepared: PreparedCompletion) -> CompletionResponse:
     return _response(prepared, choices, prepared.usage(generated))
 
 
-def prefix_groups(prompts: list[list[int]]) -> list[tuple[list[int], list[int]]]:
-    """Prompts grouped by a shared prefix worth feeding once: (prefix, member indices), in sorted order.
-
-    Sorted prompts put those with a common start side by side; a prompt joins the group
-    before it while their common prefix keeps at least half of the group's, so one
-    context with several continuations (multiple choice) shares the whole context.
-    """
-    groups: list[tuple[list[int], list[int]]] = []
-    for index in sorted(range(len(prompts)), key=lambda i: prompts[i]):
-        ids = prompts[index]
-        if groups:
-            prefix, members = groups[-1]
-            common = _common_length(prefix, ids)
-            if common >= MIN_SHARED_PREFIX and 2 * common >= len(prefix):
-                groups[-1] = (prefix[:common], [*members, index])
-                continue
-        groups.append((ids, [index]))
-    return [(prefix if len(members) > 1 else [], members) for prefix, members in groups]
-
-
-def _common_length(a: list[int], b: list[int]) -> int:
-    length = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        length += 1
-    return length
-
-
 def _best(choices: list[Choice], n: int) -> list[Choice]:
     """The n choices to return: all of them, or (best_of) the n likeliest per token."""
     if len(choices) == n:
@@ -364,7 +260,7 @@ def _response(prepared: PreparedCompletion, choices: list[CompletionChoice], usa
     )
 
 
-def _finish(result: GenerationResult) -> FinishReason:
+def _finish(result: GenerationResult) -> CompletionFinishReason:
     return "length" if result.finish_reason == "length" else "stop"
 
 
@@ -425,10 +321,14 @@ def _join(first: CompletionLogprobs, second: CompletionLogprobs) -> CompletionLo
 # ---- the stream -------------------------------------------------------------------------
 
 
-def start_stream(prepared: PreparedCompletion) -> Generation:
-    """Admit the one prompt's n choices (EngineBusy when full), before the stream opens."""
+def start_stream(
+    models: ModelRegistry, settings: Settings, request: CompletionRequest
+) -> tuple[Generation, CompletionStream]:
+    """Check the request and admit the one prompt's n choices (EngineBusy when full), before the stream opens."""
+    prepared = prepare_completion(models, settings, request)
     engine, prompt = prepared.served.engine, prepared.prompts[0]
-    return engine.generate(engine.fresh(), prepared.plans[0], prompt.ids, n=prepared.request.n)
+    generation = engine.generate(engine.fresh(), prepared.plans[0], prompt.ids, n=prepared.request.n)
+    return generation, CompletionStream(prepared)
 
 
 class CompletionStream:
@@ -472,9 +372,11 @@ class CompletionStream:
             closing.append({"data": _response(self.prepared, [], usage).model_dump_json()})
         return [*closing, {"data": "[DONE]"}]
 
-    def error(self, error_type: str, message: str) -> Event:
-        return {"data": json.dumps({"error": {"type": error_type, "message": message}})}
+    def error(self, body: dict[str, Any]) -> Event:
+        return {"data": json.dumps(body)}
 
-    def _chunk(self, index: int, text: str, logprobs: CompletionLogprobs | None, finish: FinishReason | None) -> Event:
+    def _chunk(
+        self, index: int, text: str, logprobs: CompletionLogprobs | None, finish: CompletionFinishReason | None
+    ) -> Event:
         choice = CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=finish)
         return {"data": _response(self.prepared, [choice], None).model_dump_json()}

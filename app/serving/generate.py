@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -35,11 +36,6 @@ class PreparedGeneration:
     prompt_ids: list[int]
     settings: GenerationSettings
 
-    def start(self) -> Generation:
-        """Admit the sequence to the engine (raises EngineBusy when it is full)."""
-        engine = self.served.engine
-        return engine.generate(engine.fresh(), self.settings, self.prompt_ids)
-
     def usage(self, completion_tokens: int) -> Usage:
         return Usage.of(len(self.prompt_ids), completion_tokens)
 
@@ -60,9 +56,28 @@ def generated_token(tokenizer: Tokenizer, event: TokenEvent) -> GeneratedToken:
     )
 
 
-async def generate(prepared: PreparedGeneration, generation: Generation) -> GenerateResponse:
+def start_generation(
+    models: ModelRegistry, settings: Settings, request: GenerateRequest
+) -> tuple[PreparedGeneration, Generation]:
+    """Check the request and admit it to the engine (EngineBusy when full), before any answer starts."""
+    prepared = prepare_generation(models, settings, request)
+    engine = prepared.served.engine
+    return prepared, engine.generate(engine.fresh(), prepared.settings, prepared.prompt_ids)
+
+
+def start_stream(
+    models: ModelRegistry, settings: Settings, request: GenerateRequest
+) -> tuple[Generation, NativeStream]:
+    """The admitted generation (EngineBusy before the stream opens) and its renderer."""
+    prepared, generation = start_generation(models, settings, request)
+    return generation, NativeStream(prepared)
+
+
+async def generate(models: ModelRegistry, settings: Settings, request: GenerateRequest) -> GenerateResponse:
+    """The whole answer: checked, admitted (EngineBusy when full) and generated."""
+    prepared, generation = start_generation(models, settings, request)
     tokenizer = prepared.served.checkpoint.tokenizer
-    (choice,) = await collect(generation)
+    (choice,) = await collect(generation)  # cancelled (its slot freed) if this is
     return GenerateResponse(
         model=prepared.served.id,
         text=choice.text,
@@ -91,13 +106,8 @@ class NativeStream:
         )
         return [{"event": "done", "data": done.model_dump_json()}]
 
-    def error(self, error_type: str, message: str) -> Event:
-        return error_event(error_type, message)
-
-
-def error_event(error_type: str, message: str) -> Event:
-    """The named `error` event of the native streams."""
-    return {"event": "error", "data": json.dumps({"error": {"type": error_type, "message": message}})}
+    def error(self, body: dict[str, Any]) -> Event:
+        return {"event": "error", "data": json.dumps(body)}
 
 
 async def next_token(models: ModelRegistry, settings: Settings, request: NextTokenRequest) -> NextTokenResponse:

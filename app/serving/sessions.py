@@ -6,12 +6,7 @@ version it read. Of two calls racing on one session the one that finishes second
 409 and changes nothing; calls are not serialised (the client retries, or orders its
 calls with `expected_version`).
 
-A word model tokenises text fed in pieces as if it had come in one piece: the text
-after the last whitespace may be an unfinished word, so it is kept as `pending_text`
-and put in front of the next piece. It is tokenised when whitespace follows it, when a
-call says `flush`, or when the session generates. `next-token` answers as if it were
-flushed but leaves it pending. A char model has no pending text: each character is a
-token as it arrives.
+Text fed in pieces is tokenised as if it had come in one piece (session_text.py).
 """
 
 from __future__ import annotations
@@ -21,14 +16,13 @@ import math
 import re
 import secrets
 import time
-import unicodedata
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from app.engine import Generation, GenerationResult, SequenceState
-from app.errors import InvalidRequest, NotFound, ServiceError
+from app.errors import InvalidRequest, NotFound, SessionConflict, StoreUnavailable
 from app.protocol.common import Usage
 from app.protocol.score import ScoredToken
 from app.protocol.sessions import (
@@ -47,54 +41,18 @@ from app.serving.generate import NativeStream, generated_token, next_token_respo
 from app.serving.limits import check_text, check_top_k
 from app.serving.render import Choice, Event, collect
 from app.serving.sampling import generation_settings
+from app.serving.session_text import check_no_join, split_unfinished
+from app.serving.session_transfer import export_session, importing_model, read_export
 from app.session_codec import SessionCodecError, SessionRecord, decode_session, encode_session
-from app.session_store import EmbeddedRedis, RedisSessionStore, SessionStore, StoreUnavailable, VersionConflict
+from app.session_store import EmbeddedRedis, RedisSessionStore, SessionStore, VersionConflict
 from app.settings import Settings
-from model.tokenizer import Encoding, Tokenizer
+from model.tokenizer import Encoding
 
 SESSION_ID = re.compile(r"[0-9a-f]{32}")
 
 
-class SessionConflict(ServiceError):
-    """The session cannot do this now: stale version, another model, or a model that is gone."""
-
-    status_code = 409
-    error_type = "session_conflict"
-
-
 def new_session_id() -> str:
     return secrets.token_hex(16)  # 128 random bits
-
-
-def split_unfinished(tokenizer: Tokenizer, text: str, flush: bool) -> tuple[str, str]:
-    """`text` cut into what can be tokenised now and the unfinished word kept for later."""
-    if flush or tokenizer.kind == "char":
-        return text, ""
-    cut = len(text)
-    while cut > 0 and not text[cut - 1].isspace():
-        cut -= 1
-    return text[:cut], text[cut:]
-
-
-def check_no_join(tokenizer: Tokenizer, pending_id: int, text: str) -> None:
-    """422 when a char session's piece would merge with the character before it under NFC.
-
-    A char model reads NFC code points, so "e" then a combining acute is one character
-    "é" when sent together, but the "e" has already been scored (and counted) when it
-    comes in an earlier piece. Rather than score the two halves differently from the
-    whole text, such a piece is refused; it only happens with decomposed input.
-    """
-    previous = tokenizer.tokens[pending_id]
-    if tokenizer.kind != "char" or len(previous) != 1 or not text:
-        return
-    if unicodedata.normalize("NFC", previous + text) != previous + unicodedata.normalize("NFC", text):
-        first = text[0]
-        raise InvalidRequest(
-            f"text starts with U+{ord(first):04X} {unicodedata.name(first, 'unnamed')}, which joins the previous "
-            f"piece's last character {previous!r} into one character under NFC: send a character together "
-            "with the combining marks that follow it",
-            field="text",
-        )
 
 
 @dataclass(frozen=True)
@@ -217,6 +175,23 @@ class SessionService:
         fork_id = new_session_id()
         version = await self._put(fork_id, record, 0)
         return session_info(fork_id, record, version, ttl)
+
+    async def export(self, session_id: str, owner: str | None = None) -> bytes:
+        """The session as one safetensors file (app/serving/session_transfer.py)."""
+        session = await self._load(session_id, model=None, expected_version=None, owner=owner)
+        return export_session(session.record, session.served)
+
+    async def import_file(
+        self, data: bytes, model: str | None = None, ttl: float | None = None, owner: str | None = None
+    ) -> SessionInfo:
+        """A new session from an exported file, for `model` (default: the file's); 409 for other weights."""
+        exported = read_export(data)
+        served = importing_model(exported, self.models, model)
+        ttl = self._ttl(ttl, self.settings.session_ttl)
+        record = exported.record(served, ttl, time.time(), owner, keep=self.settings.session_history_tokens)
+        session_id = new_session_id()
+        version = await self._put(session_id, record, 0)
+        return session_info(session_id, record, version, ttl)
 
     async def start_generation(
         self, session_id: str, request: SessionGenerateRequest, owner: str | None = None

@@ -279,7 +279,7 @@ function showSession(session) {
   $("session-info").textContent = open
     ? `session ${session.id.slice(0, 8)}…: ${session.token_count} tokens, version ${session.version}, expires in ${Math.round(session.expires_in)} s`
     : "no session";
-  for (const id of ["session-end", "session-feed", "session-continue"]) $(id).disabled = !open;
+  for (const id of ["session-end", "session-feed", "session-continue", "session-download"]) $(id).disabled = !open;
 }
 
 async function newSession() {
@@ -307,6 +307,40 @@ async function continueSession() {
   if (!finished) generated.remove();
 }
 
+// Download: the session as a safetensors file, saved as <id>.safetensors (GET .../export).
+async function downloadSession() {
+  const response = await fetch(`/v1/sessions/${state.session.id}/export`, { headers: authorization() });
+  if (!response.ok) throw new ApiError(await errorMessage(response));
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(await response.blob());
+  link.download = `${state.session.id}.safetensors`;
+  link.click();
+  URL.revokeObjectURL(link.href);
+}
+
+// Upload: a downloaded file becomes a new session here (POST /v1/sessions/import).
+async function uploadSession() {
+  const file = $("session-upload").files[0];
+  $("session-upload").value = "";  // the same file can be chosen again
+  if (!file) return;
+  const response = await fetch("/v1/sessions/import", {
+    method: "POST",
+    headers: { ...authorization(), "Content-Type": "application/octet-stream" },
+    body: file,
+  });
+  if (!response.ok) throw new ApiError(await errorMessage(response));
+  const session = await response.json();
+  if ($("model").value !== session.model) {
+    $("model").value = session.model;  // a change event is not fired: the new session stays shown
+    showModelInfo();
+  }
+  const note = document.createElement("span");
+  note.className = "muted";
+  note.textContent = `[imported: ${session.token_count} tokens${session.pending_text ? `, pending "${session.pending_text}"` : ""}] `;
+  $("session-transcript").replaceChildren(note);
+  showSession(session);
+}
+
 async function endSession() {
   await api("DELETE", `/v1/sessions/${state.session.id}`);
   showSession(null);
@@ -328,6 +362,8 @@ document.addEventListener("DOMContentLoaded", () => {
   on("session-feed", "click", feedSession);
   on("session-continue", "click", continueSession);
   on("session-end", "click", endSession);
+  on("session-download", "click", downloadSession);
+  on("session-upload", "change", uploadSession);
   on("api-key", "change", async () => {
     sessionStorage.setItem(KEY_STORAGE, $("api-key").value.trim());
     setStatus("");

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import pytest
 import torch
 
-from app.engine import Engine
+from app.engine import Engine, GenerationSettings
+from app.settings import Settings
 from model.beam_search import BeamSettings, Hypothesis, beam_search, normalised_score
 from model.checkpoint import Checkpoint, save_checkpoint
 from model.inference import feed_tokens, prime
@@ -92,13 +94,15 @@ async def search_in_engine(
     model: RNNLM, tokenizer: Tokenizer, prompt: list[int], settings: BeamSettings
 ) -> list[Hypothesis]:
     """The search as the server runs it (rows in the engine's batch), checked against the same search run alone."""
-    engine = Engine(Checkpoint(model=model, tokenizer=tokenizer))
+    engine = Engine(Checkpoint(model=model, tokenizer=tokenizer), Settings())
     engine.start()
     try:
         found = await engine.beam(engine.fresh(), settings, prompt).hypotheses()
     finally:
         engine.close()
     state, pending = prime(model, tokenizer.boundary_id, [prompt])
+    if not settings.allow_unk:  # the engine never chooses <unk> unless asked to
+        settings = replace(settings, banned=(*settings.banned, tokenizer.unk_id))
     alone = beam_search(model, state, pending[0], settings)
     assert [h.ids for h in found] == [h.ids for h in alone]
     return found
@@ -109,7 +113,7 @@ async def test_a_beam_as_wide_as_the_search_space_finds_the_most_likely_sequence
     model = tiny_model(tokenizer, seed=5)
     vocab, steps = tokenizer.vocab_size, 3
     prompt = tokenizer.encode("the cat").ids
-    settings = BeamSettings(beam_width=vocab**2, max_tokens=steps, with_greedy=False)
+    settings = BeamSettings(beam_width=vocab**2, max_tokens=steps, with_greedy=False, allow_unk=True)
     found = await search_in_engine(model, tokenizer, prompt, settings)
     everything = [list(seq) for seq in itertools.product(range(vocab), repeat=steps)]
     states, pendings = prime(model, tokenizer.boundary_id, [prompt] * len(everything))
@@ -186,23 +190,48 @@ async def test_a_wide_beam_with_an_end_token_stops_early_without_missing_the_bes
 
 
 async def test_cancelling_a_beam_search_takes_its_rows_out_of_the_engine() -> None:
-    """The search runs in the engine's batch; a cancelled caller frees its rows and its admission."""
+    """The search runs in the engine's batch and costs its rows (4 beams + the greedy path); a cancelled caller frees them."""
     tokenizer = char_tokenizer()
-    engine = Engine(Checkpoint(model=peaky_model(tokenizer, seed=2), tokenizer=tokenizer), max_active=1)
+    engine = Engine(
+        Checkpoint(model=peaky_model(tokenizer, seed=2), tokenizer=tokenizer), Settings(max_active_sequences=5)
+    )
     engine.start()
     try:
         run = engine.beam(engine.fresh(), BeamSettings(beam_width=4, max_tokens=10_000_000), tokenizer.encode("th").ids)
         task = asyncio.create_task(run.hypotheses())
         await asyncio.sleep(0.2)
         assert not task.done()  # still searching: ten million steps take hours
-        assert engine.active_generations == 1
+        assert engine.active_generations == 5
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         for _ in range(200):
-            if engine.active_generations == 0 and not engine._pool.rows:
+            if engine.active_generations == 0 and not engine.scheduler.pool.rows:
                 break
             await asyncio.sleep(0.01)
-        assert engine.active_generations == 0 and not engine._pool.rows, "the search went on for nobody"
+        assert engine.active_generations == 0 and not engine.scheduler.pool.rows, "the search went on for nobody"
     finally:
         engine.close()
+
+
+async def test_a_beam_amid_rows_that_come_and_go_equals_the_search_alone() -> None:
+    """Rows leaving the pool move others into their slots; the search still sees its own rows in order."""
+    tokenizer = char_tokenizer()
+    model = peaky_model(tokenizer, seed=2)
+    engine = Engine(Checkpoint(model=model, tokenizer=tokenizer), Settings())
+    engine.start()
+    prompt = tokenizer.encode("th").ids
+    settings = BeamSettings(beam_width=4, max_tokens=12, length_penalty=0.0)
+    try:
+        traffic = [engine.generate(engine.fresh(), GenerationSettings(max_tokens=1 + i % 5, seed=i)) for i in range(12)]
+        run = engine.beam(engine.fresh(), settings, prompt)
+        more = [engine.generate(engine.fresh(), GenerationSettings(max_tokens=2 + i, seed=i)) for i in range(8)]
+        found = await run.hypotheses()
+        for generation in [*traffic, *more]:
+            await generation.collect()
+    finally:
+        engine.close()
+    state, pending = prime(model, tokenizer.boundary_id, [prompt])
+    alone = beam_search(model, state, pending[0], replace(settings, banned=(tokenizer.unk_id,)))
+    assert [h.ids for h in found] == [h.ids for h in alone]
+    assert [h.logprob for h in found] == pytest.approx([h.logprob for h in alone], abs=1e-5)

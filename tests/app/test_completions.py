@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from app.serving import completions as completions_serving
-from app.serving.completions import prefix_groups
+from app.serving.shared_prefixes import prefix_groups
 from tests.app.conftest import ClientFactory
 from tests.app.sse import parse_sse
 

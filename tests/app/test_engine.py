@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 import pytest
 import torch
 
-from app.engine import Engine, EngineBusy, GenerationSettings
+from app.engine import Engine, GenerationSettings
+from app.errors import EngineBusy
+from app.settings import Settings
+from model.beam_search import BeamSettings
 from model.checkpoint import Checkpoint
 from model.inference import SamplingParams
 from tests.factories import char_tokenizer, tiny_model
@@ -16,22 +20,28 @@ from tests.factories import char_tokenizer, tiny_model
 GREEDY = SamplingParams(temperature=0)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models on a shared CPU: one thread is faster (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
 async def engine() -> AsyncIterator[Engine]:
     tokenizer = char_tokenizer()
-    engine = Engine(Checkpoint(model=tiny_model(tokenizer), tokenizer=tokenizer), max_active=4, max_queued=8)
+    engine = Engine(
+        Checkpoint(model=tiny_model(tokenizer), tokenizer=tokenizer),
+        Settings(max_active_sequences=4, max_queued_requests=8),
+    )
     engine.start()
     yield engine
     engine.close()
+
+
+async def until(condition: Callable[[], bool], polls: int = 200) -> None:
+    """Wait for the worker thread to get there (it answers within a few ticks)."""
+    for _ in range(polls):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the engine never got there")
 
 
 def ids_of(engine: Engine, text: str) -> list[int]:
@@ -95,16 +105,14 @@ async def test_cancel_frees_the_slot_and_full_engine_refuses(engine: Engine) -> 
         break  # leaving the loop cancels
     for generation in generations[1:]:
         generation.cancel()
-    for _ in range(200):
-        if engine.active_generations == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert engine.active_generations == 0
+    await until(lambda: engine.active_generations == 0)
 
 
 async def test_a_full_queue_refuses_more_feeds() -> None:
     tokenizer = char_tokenizer()
-    engine = Engine(Checkpoint(model=tiny_model(tokenizer), tokenizer=tokenizer), max_queued=2)  # not started yet
+    engine = Engine(
+        Checkpoint(model=tiny_model(tokenizer), tokenizer=tokenizer), Settings(max_queued_requests=2)
+    )  # not started yet
     ids = tokenizer.encode("abc").ids
     waiting = [asyncio.ensure_future(engine.feed(engine.fresh(), ids)) for _ in range(2)]
     await asyncio.sleep(0)
@@ -121,8 +129,8 @@ async def test_a_full_queue_refuses_more_feeds() -> None:
 async def test_long_prompts_are_fed_in_chunks_without_changing_the_result() -> None:
     tokenizer = char_tokenizer()
     checkpoint = Checkpoint(model=tiny_model(tokenizer), tokenizer=tokenizer)
-    chunked = Engine(checkpoint, prefill_tokens_per_step=7)
-    whole = Engine(checkpoint)
+    chunked = Engine(checkpoint, Settings(prefill_tokens_per_step=7))
+    whole = Engine(checkpoint, Settings())
     chunked.start()
     whole.start()
     try:
@@ -149,3 +157,71 @@ async def test_a_failing_tick_fails_its_jobs_and_the_engine_goes_on(
     async with engine.generate(engine.fresh(), GenerationSettings(max_tokens=3)) as gen:
         events, result = await gen.collect()
     assert len(events) == 3 and result.finish_reason == "length"
+
+
+def tiny_engine(**settings: int) -> Engine:
+    tokenizer = char_tokenizer()
+    return Engine(Checkpoint(model=tiny_model(tokenizer), tokenizer=tokenizer), Settings(**settings))
+
+
+async def test_admission_costs_each_job_the_rows_it_holds() -> None:
+    """n choices cost n, a beam its width + the greedy path, a next-token query 1; a plain feed costs no row."""
+    engine = tiny_engine(max_active_sequences=6, max_queued_requests=1)
+    engine.start()
+    long = GenerationSettings(max_tokens=100_000, seed=1)
+    try:
+        three = engine.generate(engine.fresh(), long, n=3)
+        assert engine.active_generations == 3
+        with pytest.raises(EngineBusy, match="needs 4 more"):
+            engine.beam(engine.fresh(), BeamSettings(beam_width=3, max_tokens=100_000))
+        beam = engine.beam(engine.fresh(), BeamSettings(beam_width=2, max_tokens=100_000))
+        assert engine.active_generations == 6
+        with pytest.raises(EngineBusy, match="max_active_sequences=6"):
+            await engine.next_token(engine.fresh())
+        fed = await engine.feed(engine.fresh(), ids_of(engine, "abc"))  # no decode row needed
+        assert len(fed.logprobs) == 3
+        three.cancel()
+        await until(lambda: engine.active_generations == 3)
+        assert (await engine.next_token(engine.fresh())).logprobs.shape == (engine.tokenizer.vocab_size,)
+        beam.cancel()
+        await until(lambda: engine.idle and not engine.scheduler.pool.rows)
+    finally:
+        engine.close()
+
+
+async def test_a_job_wider_than_the_engine_runs_alone() -> None:
+    engine = tiny_engine(max_active_sequences=4)
+    engine.start()
+    try:
+        holder = engine.generate(engine.fresh(), GenerationSettings(max_tokens=100_000, seed=1))
+        with pytest.raises(EngineBusy, match="needs 4 more"):
+            engine.beam(engine.fresh(), BeamSettings(beam_width=8, max_tokens=3))
+        holder.cancel()
+        await until(lambda: engine.idle)
+        found = await engine.beam(engine.fresh(), BeamSettings(beam_width=8, max_tokens=3)).hypotheses()
+        assert found and all(len(h.ids) == 3 for h in found)
+    finally:
+        engine.close()
+
+
+async def test_unk_is_never_sampled_unless_allowed(engine: Engine) -> None:
+    unk = engine.tokenizer.unk_id
+    pushed = SamplingParams(logit_bias=((unk, 8.0),))  # the model would pick <unk> almost every time
+    banned = GenerationSettings(max_tokens=200, sampling=pushed, seed=3)
+    async with engine.generate(engine.fresh(), banned, n=3) as gen:
+        events = [event async for event in gen]
+    assert len(events) == 600 and unk not in {event.token_id for event in events}
+    allowed = GenerationSettings(max_tokens=50, sampling=replace(pushed, allow_unk=True), seed=3)
+    async with engine.generate(engine.fresh(), allowed) as gen:
+        events, _ = await gen.collect()
+    assert sum(event.token_id == unk for event in events) > 25
+
+
+async def test_a_beam_never_chooses_unk_unless_allowed(engine: Engine) -> None:
+    unk = engine.tokenizer.unk_id
+    with torch.no_grad():
+        engine.model.decoder.bias[unk] += 20.0  # <unk> is by far the likeliest next token
+    found = await engine.beam(engine.fresh(), BeamSettings(beam_width=3, max_tokens=5)).hypotheses()
+    assert found and all(unk not in h.ids for h in found)
+    allowed = await engine.beam(engine.fresh(), BeamSettings(beam_width=3, max_tokens=5, allow_unk=True)).hypotheses()
+    assert allowed[0].ids == [unk] * 5

@@ -19,12 +19,14 @@ import pytest
 import torch
 
 from app.main import create_app
+from app.protocol.common import SAMPLING_FIELDS
 from app.registry import ModelsDirError
 from app.settings import Settings
 from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from model.inference import advance, feed_tokens, prime
 from model.tokenizer import Tokenizer, WordTokenizer
 from tests.app.conftest import running
+from tests.app.sampling_values import NON_DEFAULT
 from tests.factories import char_tokenizer, tiny_model, word_tokenizer
 
 
@@ -362,3 +364,12 @@ async def test_a_suffix_with_what_a_fill_cannot_honour_is_refused_naming_it(
     assert response.status_code == 422, response.text
     (name,) = extra
     assert name in response.json()["error"]["message"] and "suffix" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("name", [name for name in SAMPLING_FIELDS if name != "max_tokens"])
+async def test_a_suffix_refuses_every_sampling_field_but_max_tokens(client: httpx.AsyncClient, name: str) -> None:
+    """Derived from the declared sampling fields: one added there is refused here without a word in this test."""
+    body = {"model": "word", "prompt": "the cat sat ", "suffix": " the mat", name: NON_DEFAULT[name]}
+    response = await client.post("/v1/completions", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["conflicts"] == [name]

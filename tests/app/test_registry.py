@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from app.cli import main
 from app.metrics import Metrics
 from app.registry import ModelsDirError, load_models, resolve_device
 from app.settings import Settings
@@ -48,3 +49,13 @@ def test_device_setting() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ModelsDirError, match="RNNLM_DEVICE=cuda but no CUDA device"):
             resolve_device("cuda")
+
+
+@pytest.mark.parametrize(("name", "needle"), [("missing", "does not exist"), ("empty", "holds no checkpoint")])
+def test_rnnlm_serve_refuses_a_missing_or_empty_directory_even_when_watching(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, needle: str
+) -> None:
+    (tmp_path / "empty").mkdir()
+    assert Settings().models_poll_seconds > 0  # the watcher adds to a running server; it is no start with nothing
+    assert main(["--models", str(tmp_path / name), "--port", "0"]) == 1
+    assert f"rnnlm-serve: cannot start: models directory {tmp_path / name} {needle}" in capsys.readouterr().err

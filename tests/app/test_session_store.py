@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from app.session_store import EmbeddedRedis, RedisSessionStore, StoreUnavailable, VersionConflict
+from app.errors import StoreUnavailable
+from app.session_store import EmbeddedRedis, RedisSessionStore, VersionConflict
 from tests.redis_server import RedisServer
 
 

@@ -1,7 +1,8 @@
 """Real client packages against a live server: the `openai` SDK and lm-evaluation-harness's tokenizer.
 
 What a user of those packages does, over real HTTP: completions whole and streamed,
-prompt scoring with `echo` that agrees with /v1/score, a refused field as the SDK's 422, the
+prompt scoring with `echo` that agrees with /v1/score, a refused field as the SDK's 422, constraints
+through `extra_body` (and a refused one as a 422), the
 model list, the chat refusal, and the remote tokenizer lm-evaluation-harness builds from
 /tokenizer_info, /tokenize and /detokenize. (lm-evaluation-harness's own log-likelihood runs
 are in test_lm_eval.py and test_lm_eval_tasks.py.)
@@ -10,6 +11,7 @@ are in test_lm_eval.py and test_lm_eval_tasks.py.)
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import httpx
@@ -93,6 +95,31 @@ def test_a_refused_field_is_the_sdks_422_naming_it(client: openai.OpenAI, fields
     assert error.value.status_code == 422
     assert isinstance(error.value.body, dict) and error.value.body["field"] == refused
     assert refused in error.value.message
+
+
+@pytest.mark.parametrize(
+    ("model", "prompt", "pattern"), [("char", "hello ", "[a-z]{2,6}( [a-z]{2,6})?"), ("word", "the", "( [a-z]+){1,3}")]
+)
+def test_a_constraint_through_extra_body_whole_and_streamed(
+    client: openai.OpenAI, model: str, prompt: str, pattern: str
+) -> None:
+    """vLLM's structured_outputs and the legacy guided_regex, over real HTTP; the stream spells the whole answer."""
+    for seed in range(3):
+        extra = {"structured_outputs": {"regex": pattern}}
+        whole = client.completions.create(model=model, prompt=prompt, max_tokens=20, seed=seed, extra_body=extra)
+        assert re.fullmatch(pattern, whole.choices[0].text) and whole.choices[0].finish_reason == "stop"
+        stream = client.completions.create(
+            model=model, prompt=prompt, max_tokens=20, seed=seed, stream=True, extra_body={"guided_regex": pattern}
+        )
+        assert "".join(chunk.choices[0].text for chunk in stream if chunk.choices) == whole.choices[0].text
+
+
+def test_response_format_a_vocabulary_cannot_spell_is_the_sdks_422(client: openai.OpenAI) -> None:
+    """The tiny char model has no "{": OpenAI's response_format is refused before anything is generated."""
+    with pytest.raises(openai.UnprocessableEntityError, match="no token of this model's vocabulary can start"):
+        client.completions.create(
+            model="char", prompt="", max_tokens=20, extra_body={"response_format": {"type": "json_object"}}
+        )
 
 
 def test_lm_eval_remote_tokenizer(live_url: str) -> None:

@@ -2,7 +2,7 @@
 
 Checks what a person would see: the continuation streams in token by token (and is the
 same text the API gives for the same seed), next-token bars render, a scored sentence
-shows coloured tokens, a session is fed and continued. Saves a screenshot to
+shows coloured tokens, a session is fed and continued, downloaded and uploaded again. Saves a screenshot to
 test-artifacts/playground.png.
 """
 
@@ -210,6 +210,29 @@ def test_stream_bars_score_and_session_as_a_person_sees_them(page: Page, api: ht
     page.click("#session-end")
     expect(page.locator("#session-info")).to_have_text("no session")
     assert api.get(f"/v1/sessions/{session_id}").status_code == 404
+
+
+def test_a_session_downloads_and_uploads(page: Page, api: httpx.Client, tmp_path: Path) -> None:
+    page.click("#session-new")
+    page.fill("#session-text", "hello wor")
+    page.click("#session-feed")
+    expect(page.locator("#session-info")).to_contain_text("9 tokens")
+    original = page.evaluate("state.session.id")
+    with page.expect_download() as download:
+        page.click("#session-download")
+    assert download.value.suggested_filename == f"{original}.safetensors"
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    assert saved.read_bytes() == api.get(f"/v1/sessions/{original}/export").content
+
+    page.set_input_files("#session-upload", str(saved))  # a new session from the file
+    page.wait_for_function(f"state.session && state.session.id !== '{original}'")
+    expect(page.locator("#session-info")).to_contain_text("9 tokens, version 1")
+    expect(page.locator("#session-transcript")).to_contain_text("imported: 9 tokens")
+    imported = page.evaluate("state.session.id")
+    here = api.get(f"/v1/sessions/{original}/next-token").json()["top"]
+    there = api.get(f"/v1/sessions/{imported}/next-token").json()["top"]
+    assert [t["id"] for t in there] == [t["id"] for t in here]
 
 
 def test_a_server_error_is_shown_not_swallowed(page: Page, problems: list[str]) -> None:

@@ -2,18 +2,21 @@
 
 A `git clone` of this repository goes into a temporary directory with `shared/` beside
 it, and `make serve` runs there with a clean environment: it makes its own venv (the
-torch wheel is local), trains the quick recipes cut short by the documented
-`RNNLM_QUICKSTART_MAX_MINUTES`, starts its embedded Redis and serves. Ctrl-C (SIGINT to
-the foreground process group, as a terminal sends it) is pressed three times: while the
-first recipe trains (nothing half-trained may stay), once the service has answered
-`/v1/generate`, and after a second run that must reuse everything and be up quickly.
-Each time nothing may be left running.
+torch wheel is local), trains the char recipe cut short by the documented
+`RNNLM_QUICKSTART_MAX_MINUTES`, starts its embedded Redis and serves it while the word
+recipe trains in the background, then serves that too. Ctrl-C (SIGINT to the foreground
+process group, as a terminal sends it) is pressed four times: while the first recipe
+trains (nothing half-trained may stay), once the service has served both models, after a
+second run that must reuse everything and be up quickly, and while a word model trains
+behind a running server (nothing half-trained may stay). Each time nothing may be left
+running.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -169,9 +172,10 @@ def test_make_serve_from_a_fresh_clone(tmp_path: Path) -> None:
     assert "Traceback" not in interrupted.output()
     assert not (clone / "models").exists() and not list((clone / "runs" / "quickstart").iterdir())
 
+    # Served as soon as the char model exists; the word model joins while it runs.
     first = MakeServe(clone, env, tmp_path / "first.log")
     try:
-        first.wait_ready(base, timeout=900)
+        ready = first.wait_ready(base, timeout=900)
         generated = httpx.post(
             f"{base}/v1/generate",
             json={"model": "char-shakespeare-quick", "prompt": "ROMEO:", "max_tokens": 20, "seed": 1},
@@ -179,16 +183,20 @@ def test_make_serve_from_a_fresh_clone(tmp_path: Path) -> None:
         )
         assert generated.status_code == 200, generated.text
         assert generated.json()["usage"]["completion_tokens"] == 20
+        both = ready + wait_until_served(first, base, "word-ptb-quick", timeout=600)
         models = {card["id"]: card["level"] for card in httpx.get(f"{base}/v1/models").json()["data"]}
         assert models == {"char-shakespeare-quick": "char", "word-ptb-quick": "word"}
-        time.sleep(1)  # the banner is printed by a poller right after /ready
+        first.wait_for_output("==> word-ptb-quick is served now", timeout=30)
     finally:
         first.interrupt()
     output = first.output()
-    assert "==> training char-shakespeare-quick" in output and "==> training word-ptb-quick" in output
+    assert "==> training char-shakespeare-quick" in output
+    assert "==> training word-ptb-quick in the background" in output
+    assert output.index("rnnlm-service is ready") < output.index("==> word-ptb-quick is served now")
     assert "it/s" in output or "s/it" in output  # the trainer's progress bar was shown
     assert f"rnnlm-service is ready at {base}" in output and "curl -sN" in output
     assert "==> stopped" in output and "Traceback" not in output
+    print(f"first `make serve` ready in {ready:.1f} s, both models served in {both:.1f} s")
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{base}/health", timeout=2)
 
@@ -202,6 +210,41 @@ def test_make_serve_from_a_fresh_clone(tmp_path: Path) -> None:
     assert "==> training" not in output and "pip install" not in output and "Traceback" not in output
     assert "==> stopped" in output
     print(f"second `make serve` ready in {seconds:.1f} s")
+
+    # Ctrl-C while a recipe trains behind the server: the trainer stops, nothing half-trained is kept.
+    shutil.rmtree(clone / "models" / "word-ptb-quick")
+    behind = MakeServe(clone, {**env, "RNNLM_QUICKSTART_MAX_MINUTES": "1"}, tmp_path / "behind.log")
+    try:
+        behind.wait_ready(base, timeout=120)
+        behind.wait_for_output("==> training word-ptb-quick in the background", timeout=30)
+        trainer_log = clone / "runs" / "quickstart" / "word-ptb-quick.log"
+        wait_for(lambda: "it/s" in trainer_log.read_text(errors="replace"), "the trainer's progress", timeout=300)
+    finally:
+        behind.interrupt()
+    output = behind.output()
+    assert "==> stopped training word-ptb-quick; nothing half-trained was kept" in output
+    assert "==> stopped" in output and "Traceback" not in output
+    assert not (clone / "models" / "word-ptb-quick").exists()
+    assert not (clone / "runs" / "quickstart" / "word-ptb-quick").exists()
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} after {timeout:.0f} s"
+        time.sleep(0.5)
+
+
+def wait_until_served(serve: MakeServe, base: str, model_id: str, timeout: float) -> float:
+    """Seconds until /v1/models lists `model_id`."""
+    start = time.monotonic()
+
+    def listed() -> bool:
+        assert serve.process.poll() is None, f"make serve exited early:\n{serve.output()[-4000:]}"
+        return model_id in [card["id"] for card in httpx.get(f"{base}/v1/models", timeout=5).json()["data"]]
+
+    wait_for(listed, f"{model_id} in /v1/models", timeout)
+    return time.monotonic() - start
 
 
 def test_a_level_counts_as_present_only_with_a_forward_checkpoint(tmp_path: Path) -> None:

@@ -86,7 +86,7 @@ def test_penalties_bias_and_bans_change_the_logits_as_documented() -> None:
     logits = torch.tensor([[2.0, -1.0, 0.5, 0.0]])
     seen = torch.tensor([[True, True, False, False]])
     counts = torch.tensor([[0.0, 3.0, 1.0, 0.0]])
-    banned = torch.tensor([[False, False, False, True]])
+    banned = [(0, 3)]  # (row, token)
     params = SamplingParams(
         repetition_penalty=2.0, presence_penalty=0.5, frequency_penalty=0.25, logit_bias=((2, 1.5),)
     )

@@ -1,0 +1,307 @@
+"""Constrained decoding: a regex, a choice, a JSON schema or a grammar that the generated text must follow.
+
+The matching is llguidance's (guidance-ai's Earley parser with a lazy regex lexer, one of
+the guided-decoding backends of vLLM and SGLang): it sees the vocabulary as the bytes
+each token adds, and each step gives a bitmask of the tokens that keep the text a
+prefix of the language. This module builds that byte view once per model, compiles
+constraints (bounded in size and effort, cached by their text) and computes the masks
+of a batch of rows (one call per row, on a background thread while the next forward runs).
+
+The byte view. A token adds `piece_bytes(token, previous)`, which for a word model
+depends on the token before: b" word" mid-line, b"word" after the line boundary: the
+space belongs between two words, and a word ends only where the next one (or the end)
+starts. So the view gives a token the bytes it adds at a line start followed by that
+separator, the fixed prefix a token drops at a line start (b"word " for words; for
+characters the separator is empty and a token is its character), and the matcher reads
+the text followed by the separator: the constraint, then the separator. A generation
+that starts mid-line has the separator fed first (as one of the single-byte tokens
+below), since its real text starts with it. A word is thus allowed only if the text can
+go on after it with another word or end there: the view's bytes say where a word ends.
+The constraint is about the text the client sees, whatever the level. (A vocabulary
+whose tokens drop different prefixes, like "▁word" and "ing", gets its mid-line bytes as
+they are and refuses a constraint at a line start.)
+
+The ends. The boundary token (a word model's `<eos>`, a char model's "\\n") is the
+matcher's end of text: allowed only where the text is complete, and it adds nothing, so
+a constrained text is one line. `<unk>` is a special token in the view, which no
+constraint can produce. The view also carries the 256 single bytes as tokens past the
+vocabulary (never allowed, as the mask is cut to the vocabulary): llguidance assumes
+every forced byte string can be tokenized, which a word vocabulary cannot do alone,
+and they are how a separator is fed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import llguidance
+import torch
+from llguidance import LLExecutor, LLMatcher, LLParserLimits, LLTokenizer, TokenizerWrapper
+from torch import Tensor
+
+from app.errors import ConstraintError
+from model.tokenizer import Tokenizer
+
+ConstraintKind = Literal["regex", "choice", "json", "grammar"]
+
+
+# llguidance's own effort bounds (its fuel is work, so these bound time on any machine):
+# about 20 ms of lexer construction, 15 ms of lexer work per token, a grammar of 100k symbols.
+def _parser_limits() -> LLParserLimits:
+    return LLParserLimits(initial_lexer_fuel=1_000_000, step_lexer_fuel=200_000, max_grammar_size=100_000)
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What the text must match: `kind` and its text (a regex, a JSON list of choices, a JSON schema, a grammar).
+
+    A grammar is Lark in llguidance's dialect, or GBNF (llama.cpp's), told apart by llguidance.
+    """
+
+    kind: ConstraintKind
+    text: str
+    field: str = ""  # the request field it came from, named by its errors (structured_outputs.<kind> if unsaid)
+
+    @classmethod
+    def choice(cls, options: Sequence[str], field: str = "") -> Constraint:
+        return cls("choice", json.dumps(list(options)), field)
+
+    def error(self, message: str) -> ConstraintError:
+        """The 422 for this constraint, naming its field."""
+        return ConstraintError(message, field=self.field or f"structured_outputs.{self.kind}")
+
+
+@dataclass(frozen=True)
+class ConstraintLimits:
+    """The bounds a constraint must fit (from Settings): its text's size, the time to compile it, the cache's size."""
+
+    max_bytes: int = 65_536
+    compile_seconds: float = 2.0
+    cache_size: int = 256
+
+
+def _grammar(constraint: Constraint) -> str:
+    """llguidance's grammar for a constraint (not yet checked: the matcher does that)."""
+    if constraint.kind == "choice":
+        options = json.loads(constraint.text)
+        if not options:
+            raise constraint.error("choice needs at least one option")
+        return LLMatcher.grammar_from_lark("start: " + " | ".join(json.dumps(option) for option in options))
+    if constraint.kind == "regex":
+        return LLMatcher.grammar_from_regex(constraint.text)
+    if constraint.kind == "json":
+        try:
+            schema = json.loads(constraint.text)
+        except json.JSONDecodeError as exc:
+            raise constraint.error(f"the JSON schema is not JSON: {exc}") from None
+        try:
+            return LLMatcher.grammar_from_json_schema(schema)
+        except ValueError as exc:
+            raise constraint.error(f"invalid JSON schema: {exc}") from None
+    try:
+        return llguidance.grammar_from("grammar", constraint.text)
+    except ValueError as exc:
+        raise constraint.error(str(exc)) from None
+
+
+def _then(grammar: str, separator: bytes) -> str:
+    """The grammar of `grammar` followed by `separator` (a reference to it as a nested grammar)."""
+    if not separator:
+        return grammar
+    top = _top_level(grammar)
+    inner = dict(top["grammars"][0], name="constrained")
+    head = {"lark_grammar": f"start: @constrained {json.dumps(separator.decode('utf-8'))}"}
+    return json.dumps({**top, "grammars": [head, inner, *top["grammars"][1:]]})
+
+
+def _top_level(grammar: str) -> dict[str, Any]:
+    """A grammar as llguidance's top-level JSON object (a Lark text becomes its one grammar)."""
+    try:
+        top = json.loads(grammar)
+    except json.JSONDecodeError:
+        top = None
+    return top if isinstance(top, dict) and "grammars" in top else {"grammars": [{"lark_grammar": grammar}]}
+
+
+class ConstraintVocabulary:
+    """One model's byte view for llguidance, its compiled constraints (LRU by text) and the mask computation.
+
+    Built lazily (the view costs a pass over the vocabulary); safe to use from the event
+    loop's threads (compiling) and the worker (masks) at once.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, limits: ConstraintLimits | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.limits = limits or ConstraintLimits()
+        self.vocab_size = tokenizer.vocab_size
+        self.end_id = tokenizer.boundary_id  # the matcher's end of text
+        self._lock = threading.Lock()
+        self._view: LLTokenizer | None = None
+        self._separator: bytes | None = b""  # what a token drops at a line start; None: not one for all
+        self._compiled: OrderedDict[tuple[str, str, bool], LLMatcher] = OrderedDict()
+        self._executor: LLExecutor | None = None
+        # llguidance's batched call (LLExecutor) was slower than one call per row on our 10k word vocabulary: 32 rows
+        # took a median 24 ms against 14 ms interleaved on 2 busy cores (70 against 10 ms in separate runs), with 1
+        # or 2 executor threads; so it is off (`parallel` turns it on to measure again).
+        self.parallel = False
+        # llguidance drops the GIL while it computes a mask, so this thread overlaps the model's next forward.
+        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rnnlm-masks")
+
+    # ---- the byte view ------------------------------------------------------------------
+
+    def view(self) -> LLTokenizer:
+        with self._lock:
+            if self._view is None:
+                self._view, self._separator = self._build_view()
+                self._executor = LLExecutor(num_threads=min(4, os.cpu_count() or 1))
+            return self._view
+
+    def _build_view(self) -> tuple[LLTokenizer, bytes | None]:
+        tokenizer = self.tokenizer
+        special_bytes = {tokenizer.unk_id: b"<unk>", self.end_id: b"<end>"}
+        ordinary = tokenizer.unk_id  # any token but the boundary: what follows it is mid-line
+        starts: list[bytes] = []
+        middles: list[bytes] = []
+        prefixes: set[bytes] = set()
+        for token_id in range(self.vocab_size):
+            if token_id in special_bytes:
+                continue
+            middle = tokenizer.piece_bytes(token_id, ordinary)
+            start = tokenizer.piece_bytes(token_id, self.end_id)
+            if not middle.endswith(start):
+                raise ConstraintError(
+                    f"this model's vocabulary cannot be constrained: token {token_id} adds {start!r} at a line start, "
+                    f"which does not end what it adds mid-line, {middle!r}"
+                )
+            starts.append(start)
+            middles.append(middle)
+            prefixes.add(middle[: len(middle) - len(start)])
+        separator = prefixes.pop() if len(prefixes) == 1 else b"" if not prefixes else None
+        pieces = iter(middles if separator is None else [start + separator for start in starts])
+        tokens = [special_bytes[i] if i in special_bytes else next(pieces) for i in range(self.vocab_size)]
+        tokens.extend(bytes([b]) for b in range(256))  # past the vocabulary: see the module's docstring
+        view = LLTokenizer(TokenizerWrapper(_ByteView(tokens, self.end_id, sorted(special_bytes))))
+        return view, separator
+
+    # ---- compiling ----------------------------------------------------------------------
+
+    def compile(self, constraint: Constraint, at_line_start: bool) -> LLMatcher:
+        """A fresh matcher for `constraint` (cached by its text); ConstraintError if it cannot be used."""
+        key = (constraint.kind, constraint.text, at_line_start)
+        with self._lock:
+            template = self._compiled.get(key)
+            if template is not None:
+                self._compiled.move_to_end(key)
+                return template.deep_copy()
+        template = self._compile(constraint, at_line_start)
+        with self._lock:
+            self._compiled[key] = template
+            while len(self._compiled) > self.limits.cache_size:
+                self._compiled.popitem(last=False)
+        return template.deep_copy()
+
+    def _compile(self, constraint: Constraint, at_line_start: bool) -> LLMatcher:
+        try:
+            size = len(constraint.text.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise constraint.error(
+                f"the {constraint.kind} holds a lone surrogate, which is not valid Unicode"
+            ) from None
+        if size > self.limits.max_bytes:
+            raise constraint.error(f"the {constraint.kind} is {size} bytes, over the bound of {self.limits.max_bytes}")
+        view = self.view()
+        separator = self._separator
+        if at_line_start and separator is None:
+            raise constraint.error(
+                "this model's tokens drop different prefixes at a line start, so a constrained text cannot "
+                "start there: give a prompt that does not end a line"
+            )
+        began = time.monotonic()
+        matcher = LLMatcher(view, _then(_grammar(constraint), separator or b""), log_level=0, limits=_parser_limits())
+        if matcher.is_error():
+            raise constraint.error(_first_line(matcher.get_error()))
+        cannot_start = f"no token of this model's vocabulary can start text matching the {constraint.kind}"
+        if separator and not at_line_start:  # mid-line the text starts with the separator
+            if not matcher.consume_tokens([self.vocab_size + byte for byte in separator]):
+                raise constraint.error(
+                    f"{cannot_start} (after this prompt the text starts with {separator.decode()!r})"
+                )
+        mask = self.masks([matcher])[0]
+        if time.monotonic() - began > self.limits.compile_seconds:
+            raise constraint.error(f"the {constraint.kind} took over {self.limits.compile_seconds} s to compile")
+        if matcher.is_error():
+            raise constraint.error(_first_line(matcher.get_error()))
+        if not bool(mask.any()):
+            raise constraint.error(cannot_start)
+        return matcher
+
+    # ---- the worker's side --------------------------------------------------------------
+
+    def masks_later(self, matchers: list[LLMatcher]) -> Future[Tensor]:
+        """`masks(matchers)` (on the CPU) on a background thread; the matchers are not to be touched until it is done."""
+        return self._background.submit(self.masks, matchers)
+
+    def close(self) -> None:
+        self._background.shutdown(wait=False, cancel_futures=True)
+
+    def masks(self, matchers: list[LLMatcher], device: torch.device | None = None) -> Tensor:
+        """(len(matchers), V) bool on `device`: the tokens each matcher allows next (`<unk>` never)."""
+        view = self.view()
+        assert self._executor is not None
+        words = (view.vocab_size + 31) // 32
+        bits = torch.zeros(len(matchers), words, dtype=torch.int32)  # (C, W) 32 tokens a word
+        if self.parallel:
+            self._executor.unsafe_compute_mask_ptr(
+                [(matcher, i) for i, matcher in enumerate(matchers)], bits.data_ptr(), words * 4, len(matchers)
+            )
+        else:  # one call per row: measured faster (see `parallel`)
+            for i, matcher in enumerate(matchers):
+                matcher.unsafe_compute_mask_ptr(bits[i].data_ptr(), words * 4)
+        bits = bits.to(device) if device is not None else bits
+        shifts = torch.arange(32, dtype=torch.int32, device=bits.device)
+        allowed = ((bits.unsqueeze(2) >> shifts) & 1).bool().reshape(len(matchers), words * 32)  # (C, W*32)
+        allowed = allowed[:, : self.vocab_size].clone()
+        allowed[:, self.tokenizer.unk_id] = False
+        return allowed
+
+
+class _ByteView:
+    """What llguidance's TokenizerWrapper asks of a tokenizer: the bytes of each token and an encoder.
+
+    The encoder is greedy longest-match over the same bytes, so the tokens it returns spell
+    exactly what they encode (llguidance tokenizes forced bytes with it).
+    """
+
+    def __init__(self, tokens: list[bytes], end_id: int, specials: list[int]) -> None:
+        self.tokens = tokens
+        self.eos_token_id = end_id
+        self.bos_token_id = None
+        self.special_token_ids = specials
+        self._index = {piece: i for i, piece in reversed(list(enumerate(tokens))) if i not in specials}
+        self._longest = max(map(len, self._index))
+
+    def __call__(self, text: str | bytes) -> list[int]:
+        data = text.encode("utf-8") if isinstance(text, str) else text
+        ids: list[int] = []
+        at = 0
+        while at < len(data):
+            for length in range(min(self._longest, len(data) - at), 0, -1):
+                token_id = self._index.get(data[at : at + length])
+                if token_id is not None:
+                    ids.append(token_id)
+                    at += length
+                    break
+        return ids
+
+
+def _first_line(message: str) -> str:
+    """llguidance's error without the parser state it appends."""
+    return message.split("\n<state>", 1)[0].strip()

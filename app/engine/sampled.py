@@ -1,0 +1,253 @@
+"""Sampled generation: a job of n choices, one decode row each, all rows of a tick sampled in one call.
+
+The caller's side is `Generation`, an async iterator of TokenEvents that ends when
+every choice has finished; `results` then holds each choice's GenerationResult.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator
+from concurrent.futures import Future
+from types import TracebackType
+from typing import Any, Protocol
+
+import torch
+from llguidance import LLMatcher
+from torch import Tensor
+from typing_extensions import Self
+
+from app.engine import constrained
+from app.engine.job import Job, Row, Worker
+from app.engine.output import Released, TextOutput
+from app.engine.types import FinishReason, GenerationResult, GenerationSettings, TokenEvent, finite
+from app.errors import ConstraintError
+from model.network import State, state_tensors
+from model.sampling import SamplerInputs, random_seed, sample
+
+
+class GenerateJob(Job):
+    """Feed a prompt once, then fork its state into n sampled rows; choice i draws from seed + i."""
+
+    def __init__(self, settings: GenerationSettings, n: int, **job: Any) -> None:
+        super().__init__(**job)
+        self.settings = settings
+        self.n = n
+        self.cost = n
+        self.open_choices = n
+
+    def start(self, worker: Worker) -> None:
+        if self.settings.max_tokens <= 0:  # echo-only scoring
+            worker.finish(self)
+            end = self.fed_end()
+            for choice in range(self.n):
+                worker.deliver(self, GenerationResult("length", end, [], self.fed_logprobs, choice, self.fed_top))
+            return
+        constraint = self.settings.constraint
+        try:
+            at_line_start = self.pending == worker.tokenizer.boundary_id
+            if constraint is not None and constraint.kind == "choice" and self.settings.sampling.temperature == 0:
+                constraint = constrained.likeliest_choice(worker, self.state, self.pending, constraint, at_line_start)
+            matchers = (
+                [worker.constraints.compile(constraint, at_line_start) for _ in range(self.n)] if constraint else []
+            )
+        except ConstraintError as exc:  # checked before admission; only a cache eviction compiles it again here
+            worker.finish(self)
+            worker.deliver(self, exc)
+            return
+        seed = self.settings.seed if self.settings.seed is not None else random_seed()
+        start = state_tensors(self.state)
+        unk_id = worker.tokenizer.unk_id
+        for choice in range(self.n):
+            row = SampledRow(self, choice, (seed + choice) % 2**63, worker, unk_id)
+            row.matcher = matchers[choice] if matchers else None
+            self.rows.append(row)
+            worker.pool.add(row, start, self.pending, self.settings.history if row.uses_history else None)
+
+    def end_choice(self, worker: Worker, row: SampledRow, result: GenerationResult) -> None:
+        """One choice has finished: its row leaves the batch; the job leaves with its last choice."""
+        worker.pool.remove(row)
+        self.rows.remove(row)
+        self.open_choices -= 1
+        if self.open_choices == 0:
+            worker.finish(self)  # counted out before the caller hears, so it can come straight back
+        worker.deliver(self, result)
+
+
+class SampledRow(Row):
+    def __init__(self, job: GenerateJob, choice: int, seed: int, worker: Worker, unk_id: int | None) -> None:
+        super().__init__(job)
+        self.generate_job = job
+        self.settings = settings = job.settings
+        self.choice = choice
+        self.seed = seed
+        self.generated: list[int] = []
+        self.output = TextOutput(worker.tokenizer, settings.stop, job.pending, settings.max_tokens)
+        self.uses_history = settings.sampling.uses_history
+        # Never drawn: <unk> (unless asked for) and, before min_tokens, the end of the text.
+        self.always_banned = [] if settings.sampling.allow_unk or unk_id is None else [unk_id]
+        # A constrained row: its matcher, and the tokens it allows next (V,) bool on the device, once computed.
+        self.matcher: LLMatcher | None = None
+        self.allowed: Tensor | None = None
+        self.coming: tuple[Future[Tensor], int] | None = None  # its next mask, being computed (row i of the future's)
+        self.before: tuple[list[Tensor], int] | None = None  # its state before its last token (row i of those)
+
+    def banned(self) -> list[int]:
+        if self.matcher is not None:  # the constraint decides where the text ends
+            return self.always_banned
+        early = self.settings.eos_id is not None and len(self.generated) < self.settings.min_tokens
+        return (
+            [*self.always_banned, self.settings.eos_id]
+            if early and self.settings.eos_id is not None
+            else self.always_banned
+        )
+
+    @classmethod
+    def step(cls, worker: Worker, rows: list[Self], logits: Tensor) -> None:
+        """Sample every row at once and hand each token to its request.
+
+        A constrained row's logits are masked to the tokens its constraint allows before
+        the sampler (the log-probabilities reported stay the model's own), so constrained
+        and free rows share one forward and one sampler call.
+        """
+        waiting = [row for row in rows if row.matcher is not None and row.allowed is None]
+        ended = constrained.receive(worker, waiting) if waiting else []
+        if ended:
+            live = [i for i, row in enumerate(rows) if row not in ended]
+            rows, logits = [rows[i] for i in live], logits[live]
+            if not rows:
+                return
+        masked = logits
+        masked_rows = [i for i, row in enumerate(rows) if row.allowed is not None]
+        if masked_rows:
+            positions = torch.tensor(masked_rows, device=logits.device)
+            allowed = torch.stack([row.allowed for row in rows if row.allowed is not None])  # (C, V)
+            masked = logits.index_put((positions,), logits[positions].masked_fill(~allowed, -math.inf))
+        pool = worker.pool
+        index = torch.tensor([row.slot for row in rows], device=logits.device)
+        history = pool.seen is not None and pool.counts is not None and any(row.uses_history for row in rows)
+        inputs = SamplerInputs(
+            params=[row.settings.sampling for row in rows],
+            seeds=[row.seed for row in rows],
+            steps=[len(row.generated) for row in rows],
+            seen=pool.seen[index] if history and pool.seen is not None else None,
+            counts=pool.counts[index] if history and pool.counts is not None else None,
+            banned=[(i, token) for i, row in enumerate(rows) for token in row.banned()],
+        )
+        ids = sample(masked, inputs)  # (S,)
+        pool.pending[index] = ids
+        if history and pool.seen is not None and pool.counts is not None:
+            pool.seen[index, ids] = True
+            pool.counts[index, ids] += 1
+        raw = torch.log_softmax(logits.float(), dim=-1)  # (S, V) the model's own log-probabilities
+        chosen = raw.gather(1, ids.unsqueeze(1)).squeeze(1).tolist()
+        wanted = max(row.settings.top_logprobs for row in rows)
+        top_values: list[list[float]] = [[] for _ in rows]
+        top_ids: list[list[int]] = [[] for _ in rows]
+        if wanted:
+            values, indices = torch.topk(raw, min(wanted, raw.shape[1]), dim=-1)
+            top_values, top_ids = values.tolist(), indices.tolist()
+        tokens = ids.tolist()
+        ends, going = constrained.advance(worker, rows, tokens)
+        # A row whose output may hold text back (stop strings) gets its next mask now, so that a dead end can
+        # still end it with this token and release that text; the others' masks are computed while the next
+        # forward runs (`allowed_later`, once the tokens are handed over).
+        for row in constrained.allowed_now(worker, [row for row in going if row.output.holds_back]):
+            ends[row] = "length"
+        for i, (row, token_id) in enumerate(zip(rows, tokens, strict=True)):
+            count = row.settings.top_logprobs
+            top = list(zip(top_ids[i][:count], map(finite, top_values[i][:count]), strict=True))
+            row.emit(worker, token_id, chosen[i], top, ends.get(row))
+        worker.hooks.on_tokens(len(rows))
+        constrained.allowed_later(worker, [row for row in going if not row.output.holds_back and row.slot >= 0])
+
+    def emit(
+        self, worker: Worker, token_id: int, logprob: float, top: list[tuple[int, float]], end: FinishReason | None
+    ) -> None:
+        """Hand one sampled token to the request; a finished choice leaves the batch.
+
+        A constrained row's end token adds no text; `end` is how its constraint ends it here.
+        """
+        self.generated.append(token_id)
+        if self.matcher is not None and token_id == worker.constraints.end_id:
+            released = self.output.end(token_id, "stop")
+        else:
+            released = self.output.push(token_id, self.settings.eos_id if self.matcher is None else None, end)
+        worker.deliver(
+            self.generate_job, TokenEvent(token_id, released.piece, released.text, finite(logprob), top, self.choice)
+        )
+        if released.finish is not None:
+            self.finish(worker, released)
+
+    def finish(self, worker: Worker, released: Released, state: State | None = None) -> None:
+        """The choice has ended: its result, with the state before its last token (that token pending), and the row leaves.
+
+        That state is the row's in the pool unless given (a dead end found a tick later).
+        """
+        assert released.finish is not None
+        job = self.generate_job
+        state = worker.pool.copy_state(self) if state is None else state
+        end = job.fed_end().after(state, self.generated) if self.generated else job.fed_end()
+        job.end_choice(
+            worker,
+            self,
+            GenerationResult(released.finish, end, list(self.generated), job.fed_logprobs, self.choice, job.fed_top),
+        )
+
+
+class Cancellable(Protocol):
+    def cancel(self, job: Job) -> None: ...
+
+
+class Generation:
+    """The event-loop side of a generation: an async iterator of TokenEvents; `results` at the end."""
+
+    def __init__(self, engine: Cancellable, job: GenerateJob, queue: asyncio.Queue[Any]) -> None:
+        self._engine = engine
+        self._job = job
+        self._queue = queue
+        self.n = job.n
+        self.results: list[GenerationResult | None] = [None] * job.n
+        self.done = False
+
+    @property
+    def result(self) -> GenerationResult | None:
+        """Choice 0's result (the only one unless n > 1)."""
+        return self.results[0]
+
+    async def __aenter__(self) -> Generation:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.cancel()
+
+    def __aiter__(self) -> AsyncIterator[TokenEvent]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[TokenEvent]:
+        try:
+            while not self.done:
+                item = await self._queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if isinstance(item, GenerationResult):
+                    self.results[item.choice] = item
+                    self.done = all(r is not None for r in self.results)
+                else:
+                    yield item
+        finally:
+            self.cancel()
+
+    async def collect(self) -> tuple[list[TokenEvent], GenerationResult]:
+        """Choice 0's events and result (for n == 1)."""
+        events = [event async for event in self]
+        assert self.results[0] is not None
+        return events, self.results[0]
+
+    def cancel(self) -> None:
+        """Stop generating (no-op once finished); the rows leave the batch at the next tick."""
+        if not self.done and not self._job.cancelled:
+            self._engine.cancel(self._job)
