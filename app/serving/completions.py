@@ -19,7 +19,6 @@ the model's backward partner (/v1/fill).
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import math
 import time
@@ -124,7 +123,9 @@ def _prompt(settings: Settings, tokenizer: Tokenizer, raw: str | list[int], inde
     if isinstance(raw, str):
         check_text(settings, raw, f"prompt[{index}]")
         encoding = tokenizer.encode(raw)
-        ids, text, offsets = encoding.ids, raw, _offsets_in(raw, encoding.tokens)
+        ids, text = encoding.ids, raw
+        # A subword text is its tokens' bytes (NFC): offsets by characters, not by finding surfaces.
+        offsets = tokenizer.text_offsets(ids) if tokenizer.kind == "subword" else _offsets_in(raw, encoding.tokens)
     else:
         bad = [token for token in raw if not 0 <= token < tokenizer.vocab_size]
         if bad:
@@ -134,21 +135,10 @@ def _prompt(settings: Settings, tokenizer: Tokenizer, raw: str | list[int], inde
             )
         check_count(len(raw), settings.max_text_chars, f"tokens in prompt[{index}]", "max_text_chars")
         ids = list(raw)
-        pieces = _pieces(tokenizer, ids, None)
-        text = "".join(pieces)
-        offsets = [0, *itertools.accumulate(len(piece) for piece in pieces[:-1])] if pieces else []
+        text, offsets = tokenizer.decode(ids), tokenizer.text_offsets(ids)
     if ids and ids[0] == tokenizer.boundary_id:
         return Prompt(text, ids[1:], True, offsets)
     return Prompt(text, ids, False, offsets)
-
-
-def _pieces(tokenizer: Tokenizer, ids: list[int], previous: int | None) -> list[str]:
-    """Each token's text after the one before it (a word model's leading space included)."""
-    pieces = []
-    for token in ids:
-        pieces.append(tokenizer.piece(token, previous))
-        previous = token
-    return pieces
 
 
 def _offsets_in(text: str, surfaces: list[str]) -> list[int]:

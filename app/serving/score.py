@@ -69,10 +69,20 @@ def _summarise(tokenizer: Tokenizer, ids: list[int], unknown: list[bool], logpro
         token_count=count,
         perplexity=math.exp(min(-total / count, 700.0)),
         bits_per_token=bits_per_token,
-        bits_per_char=bits_per_token if tokenizer.kind == "char" else None,  # one char per token
+        bits_per_char=_bits_per_char(tokenizer, ids, total, bits_per_token),
         unknown_count=sum(unknown),
         tokens=[
             ScoredToken(id=i, token=tokenizer.tokens[i], logprob=lp, unknown=u)
             for i, lp, u in zip(ids, logprobs, unknown, strict=True)
         ],
     )
+
+
+def _bits_per_char(tokenizer: Tokenizer, ids: list[int], total: float, bits_per_token: float) -> float | None:
+    """A char token is one character; subword tokens are over the characters they spell; words: none (<unk>)."""
+    if tokenizer.kind == "char":
+        return bits_per_token
+    if tokenizer.kind == "subword":
+        chars = len(tokenizer.decode(ids))  # the scored tokens' text, the line end included
+        return -total / LN2 / chars if chars else None
+    return None

@@ -3,8 +3,9 @@
 A word model's text after the last whitespace may be an unfinished word, so it is kept
 as the session's `pending_text` and put in front of the next piece. It is tokenised
 when whitespace follows it, when a call says `flush`, or when the session generates.
-`next-token` answers as if it were flushed but leaves it pending. A char model has no
-pending text: each character is a token as it arrives.
+`next-token` answers as if it were flushed but leaves it pending. A subword model keeps
+the whitespace before that word pending too (its tokens carry their leading space). A
+char model has no pending text: each character is a token as it arrives.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ def split_unfinished(tokenizer: Tokenizer, text: str, flush: bool) -> tuple[str,
     cut = len(text)
     while cut > 0 and not text[cut - 1].isspace():
         cut -= 1
+    if tokenizer.kind == "subword":
+        # BPE merges a space with the word after it (" world"), so the whitespace before an
+        # unfinished word waits with it: the cut is where whitespace follows a non-space.
+        while cut > 0 and text[cut - 1].isspace():
+            cut -= 1
     return text[:cut], text[cut:]
 
 
