@@ -48,6 +48,14 @@ def readable(data: bytes) -> str:
     return "".join(f"<0x{ord(c) - 0xDC00:02X}>" if "\udc80" <= c <= "\udcff" else c for c in text)
 
 
+def _whole_characters(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def new_backend() -> Backend:
     """An untrained byte-level BPE pipeline (see the module docstring)."""
     backend = Backend(models.BPE())
@@ -79,6 +87,7 @@ class SubwordTokenizer(Tokenizer):
         except KeyError as exc:
             raise TokenizerError(f"subword token spelled with {exc} is not byte-level BPE") from exc
         self.tokens = [readable(b) for b in self.token_bytes]
+        self._partial_ids = frozenset(i for i, b in enumerate(self.token_bytes) if not _whole_characters(b))
         self.unk_id = None
         self.line_end_id = vocabulary[next(s for s, b in symbols.items() if b == ord(LINE_END))]
         if self.backend.encode(LINE_END).ids != [self.line_end_id]:
@@ -110,6 +119,10 @@ class SubwordTokenizer(Tokenizer):
     @property
     def boundary_id(self) -> int:
         return self.line_end_id
+
+    @property
+    def partial_ids(self) -> frozenset[int]:
+        return self._partial_ids
 
     def encode(self, text: str) -> Encoding:
         # A line end is a pre-token of its own and NFC never joins across it, so the lines

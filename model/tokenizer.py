@@ -70,6 +70,11 @@ class Tokenizer:
         """UTF-8 bytes that `token_id` adds after `previous_id`; may be part of a character."""
         return self.piece(token_id, previous_id).encode("utf-8")
 
+    @property
+    def partial_ids(self) -> frozenset[int]:
+        """Tokens whose bytes are not whole characters on their own (only byte-level subwords have any)."""
+        return frozenset()
+
     def text_offsets(self, ids: Iterable[int], previous_id: int | None = None) -> list[int]:
         """Where each token starts in `decode(ids, previous_id)`, in characters."""
         offsets, position = [], 0

@@ -133,8 +133,9 @@ async def fill(models: ModelRegistry, settings: Settings, request: FillRequest) 
 
 
 def _excluded(tokenizer: Tokenizer) -> list[int]:
-    """Never a fill: the unknown token (where the level has one) and the end of line (a gap is inside one line)."""
-    return sorted({tokenizer.boundary_id} | ({tokenizer.unk_id} if tokenizer.unk_id is not None else set()))
+    """Never a fill: the unknown token, the end of line (a gap is inside one line) and part of a character."""
+    unknown = {tokenizer.unk_id} if tokenizer.unk_id is not None else set()
+    return sorted({tokenizer.boundary_id} | unknown | tokenizer.partial_ids)
 
 
 def _candidate(

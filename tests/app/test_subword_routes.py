@@ -77,3 +77,11 @@ async def test_completions_text_offset_counts_characters(client: httpx.AsyncClie
         assert choice["text"] == prompt
         assert offsets == sorted(offsets) and offsets[-1] == prompt.index("쥐")
         assert prompt.index("🐿") in offsets and all(0 <= o < len(prompt) for o in offsets)
+
+
+async def test_fill_never_offers_part_of_a_character(client: httpx.AsyncClient) -> None:
+    for method in ("fast", "exact"):
+        body = await call(
+            client, "POST", "/v1/fill", json={"model": "subword", "text": "영화가 ___ 재밌다", "method": method}
+        )
+        assert body["candidates"] and all("\ufffd" not in c["filled"] for c in body["candidates"])

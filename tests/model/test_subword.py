@@ -149,3 +149,10 @@ def test_text_offsets_count_characters_not_bytes(tokenizer: SubwordTokenizer) ->
     parrot = next(i for i, token in enumerate(tokenizer.encode(text).tokens) if token.startswith("<0xF0>"))
     assert offsets[parrot : parrot + 4] == [text.index("🦜")] * 4  # its four byte tokens all start at the parrot
     assert offsets[-1] == text.index("b") and offsets == sorted(offsets)
+
+
+def test_partial_ids_are_the_tokens_inside_a_character(tokenizer: SubwordTokenizer) -> None:
+    parrot = tokenizer.encode("🦜").ids
+    assert set(parrot) <= tokenizer.partial_ids
+    assert tokenizer.encode(" the").ids[0] not in tokenizer.partial_ids
+    assert all("<0x" in tokenizer.tokens[i] for i in tokenizer.partial_ids)
