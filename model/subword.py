@@ -17,7 +17,7 @@ from __future__ import annotations
 import codecs
 import json
 from collections.abc import Iterable
-from functools import cache, lru_cache
+from functools import cache
 from typing import Any
 
 from tokenizers import Tokenizer as Backend
@@ -81,6 +81,7 @@ class SubwordTokenizer(Tokenizer):
         if sorted(vocabulary.values()) != list(range(len(vocabulary))):
             raise TokenizerError("subword vocabulary ids are not 0..size-1")
         self.backend = backend
+        self._invalid: dict[bytes, frozenset[int]] = {}  # invalid_after, by the pending bytes (a few kinds)
         spelled = sorted(vocabulary, key=vocabulary.__getitem__)
         try:
             self.token_bytes = [bytes(symbols[c] for c in token) for token in spelled]
@@ -144,9 +145,13 @@ class SubwordTokenizer(Tokenizer):
         """Tokens whose bytes cannot follow `pending` (the bytes of an unfinished character) in UTF-8.
 
         A byte-level model can sample a lead byte and then a token that does not continue
-        it, which decodes to U+FFFD; masking these ids keeps generated text valid UTF-8.
+        it, which decodes to U+FFFD; masking these ids keeps generated text valid UTF-8. With
+        nothing pending, the tokens that cannot start a text (a lone continuation byte).
         """
-        return _invalid_after(tuple(self.token_bytes), pending)
+        found = self._invalid.get(pending)
+        if found is None:
+            found = self._invalid[pending] = _invalid_after(tuple(self.token_bytes), pending)
+        return found
 
     def text_offsets(self, ids: Iterable[int], previous_id: int | None = None) -> list[int]:
         """Where each token starts in `decode(ids)`; a token inside a character starts where it does."""
@@ -170,13 +175,28 @@ class SubwordTokenizer(Tokenizer):
         }
 
 
-@lru_cache(maxsize=64)
 def _invalid_after(token_bytes: tuple[bytes, ...], pending: bytes) -> frozenset[int]:
-    invalid = []
-    for token_id, data in enumerate(token_bytes):
-        decoder = codecs.getincrementaldecoder("utf-8")("strict")
-        try:
-            decoder.decode(pending + data)  # an unfinished character at the end is fine
-        except UnicodeDecodeError:
-            invalid.append(token_id)
-    return frozenset(invalid)
+    return frozenset(i for i, data in enumerate(token_bytes) if not _continues(pending + data))
+
+
+def _continues(data: bytes) -> bool:
+    """Whether `data` is valid UTF-8 that some bytes could still complete.
+
+    Python's incremental decoder holds an unfinished character back without checking
+    all of it (b"\xed\xa7" waits, although after ED only 80-9F may follow: a surrogate
+    otherwise), so the held tail is checked by completing it with continuation bytes.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    try:
+        decoder.decode(data)
+    except UnicodeDecodeError:
+        return False
+    tail: bytes = decoder.getstate()[0]
+    if len(tail) < 2:
+        return True  # nothing held, or a lead byte the decoder accepted
+    length = 2 if tail[0] < 0xE0 else 3 if tail[0] < 0xF0 else 4
+    try:
+        (tail + b"\x80" * (length - len(tail))).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -75,6 +75,10 @@ class Tokenizer:
         """Tokens whose bytes are not whole characters on their own (only byte-level subwords have any)."""
         return frozenset()
 
+    def invalid_after(self, pending: bytes) -> frozenset[int]:
+        """Tokens whose bytes cannot follow `pending`, the bytes of an unfinished character (none but for subwords)."""
+        return frozenset()
+
     def text_offsets(self, ids: Iterable[int], previous_id: int | None = None) -> list[int]:
         """Where each token starts in `decode(ids, previous_id)`, in characters."""
         offsets, position = [], 0

@@ -166,8 +166,10 @@ class ConstraintVocabulary:
 
     def _build_view(self) -> tuple[LLTokenizer, bytes | None]:
         tokenizer = self.tokenizer
-        special_bytes = {tokenizer.unk_id: b"<unk>", self.end_id: b"<end>"}
-        ordinary = tokenizer.unk_id  # any token but the boundary: what follows it is mid-line
+        special_bytes = {self.end_id: b"<end>"}
+        if tokenizer.unk_id is not None:
+            special_bytes[tokenizer.unk_id] = b"<unk>"
+        ordinary = next(i for i in range(self.vocab_size) if i != self.end_id)  # what follows it is mid-line
         starts: list[bytes] = []
         middles: list[bytes] = []
         prefixes: set[bytes] = set()
@@ -269,7 +271,8 @@ class ConstraintVocabulary:
         shifts = torch.arange(32, dtype=torch.int32, device=bits.device)
         allowed = ((bits.unsqueeze(2) >> shifts) & 1).bool().reshape(len(matchers), words * 32)  # (C, W*32)
         allowed = allowed[:, : self.vocab_size].clone()
-        allowed[:, self.tokenizer.unk_id] = False
+        if self.tokenizer.unk_id is not None:
+            allowed[:, self.tokenizer.unk_id] = False
         return allowed
 
 

@@ -119,6 +119,12 @@ class TextOutput:
             piece = self.tokenizer.piece(token_id, previous)
         return Released(piece, self._flush(), finish)
 
+    @property
+    def pending_bytes(self) -> bytes:
+        """The bytes of a character not yet complete (a byte-level token's lead byte, say)."""
+        held: bytes = self._utf8.getstate()[0]
+        return held
+
     def _flush(self) -> str:
         """Everything held back: an unfinished character (as U+FFFD) and a possible stop string's start."""
         tail = self._utf8.decode(b"", final=True)

@@ -94,14 +94,13 @@ class SampledRow(Row):
         self.before: tuple[list[Tensor], int] | None = None  # its state before its last token (row i of those)
 
     def banned(self) -> list[int]:
+        """What this row may not draw now: <unk>, the end before min_tokens, and (inside a character
+        a byte-level token began) every token that would not continue it as UTF-8."""
+        banned = [*self.always_banned, *self.output.tokenizer.invalid_after(self.output.pending_bytes)]
         if self.matcher is not None:  # the constraint decides where the text ends
-            return self.always_banned
+            return banned
         early = self.settings.eos_id is not None and len(self.generated) < self.settings.min_tokens
-        return (
-            [*self.always_banned, self.settings.eos_id]
-            if early and self.settings.eos_id is not None
-            else self.always_banned
-        )
+        return [*banned, self.settings.eos_id] if early and self.settings.eos_id is not None else banned
 
     @classmethod
     def step(cls, worker: Worker, rows: list[Self], logits: Tensor) -> None:

@@ -19,17 +19,17 @@ class TokenizerInfo(BaseModel):
     """The tokenizer's settings, like a tokenizer_config.json (vLLM's /tokenizer_info)."""
 
     model: str
-    tokenizer_class: Literal["CharTokenizer", "WordTokenizer"]
-    level: Literal["char", "word"]
+    tokenizer_class: Literal["CharTokenizer", "WordTokenizer", "SubwordTokenizer"]
+    level: Literal["char", "word", "subword"]
     vocab_size: int
     eos_token: str = Field(
-        description="the line end: <eos> (word models) or a line break (char models); encodes to one id"
+        description="the line end: <eos> (word models) or a line break (char and subword models); encodes to one id"
     )
     bos_token: None = Field(
         default=None, description="none is added: the server itself conditions a text on a line end"
     )
     pad_token: None = None
-    unk_token: str
+    unk_token: str | None = Field(description="<unk>; none for a subword model, which has no unknown token")
     lowercase: bool = Field(description="word models that lower-case their input (false for char models)")
     chat_template: None = Field(default=None, description="none: these are language models, not chat models")
     model_max_length: int = Field(description="an RNN has no context window: max_text_chars bounds a prompt's tokens")

@@ -9,6 +9,8 @@ endpoint makes of it.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from app.protocol.tokenizer import (
     DetokenizeTokensRequest,
     DetokenizeTokensResponse,
@@ -21,6 +23,12 @@ from app.serving import models as native
 from app.settings import Settings
 from model.tokenizer import EOS, UNK, WordTokenizer
 
+TOKENIZER_CLASSES: dict[str, Literal["CharTokenizer", "WordTokenizer", "SubwordTokenizer"]] = {
+    "char": "CharTokenizer",
+    "word": "WordTokenizer",
+    "subword": "SubwordTokenizer",
+}
+
 
 def tokenizer_info(models: ModelRegistry, settings: Settings, model_id: str | None) -> TokenizerInfo:
     served = models.get(model_id)
@@ -28,12 +36,12 @@ def tokenizer_info(models: ModelRegistry, settings: Settings, model_id: str | No
     word = isinstance(tokenizer, WordTokenizer)
     return TokenizerInfo(
         model=served.id,
-        tokenizer_class="WordTokenizer" if word else "CharTokenizer",
+        tokenizer_class=TOKENIZER_CLASSES[tokenizer.kind],
         level=tokenizer.kind,
         vocab_size=tokenizer.vocab_size,
         # The token that ends a line and primes a fresh state; it encodes to the boundary id alone.
         eos_token=EOS if word else "\n",
-        unk_token=UNK,
+        unk_token=None if tokenizer.unk_id is None else UNK,
         lowercase=isinstance(tokenizer, WordTokenizer) and tokenizer.lowercase,
         model_max_length=settings.max_text_chars,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from model.checkpoint import save_checkpoint
 from model.subword import SubwordTokenizer
 from tests.app.conftest import ClientFactory
+from tests.app.sse import parse_sse
 from tests.app.test_sessions import call, cut, feed_pieces
 from tests.factories import CHAR_TEXT, tiny_model
 
@@ -85,3 +87,36 @@ async def test_fill_never_offers_part_of_a_character(client: httpx.AsyncClient) 
             client, "POST", "/v1/fill", json={"model": "subword", "text": "영화가 ___ 재밌다", "method": method}
         )
         assert body["candidates"] and all("\ufffd" not in c["filled"] for c in body["candidates"])
+
+
+async def test_tokenizer_info_names_the_subword_level(client: httpx.AsyncClient) -> None:
+    info = await call(client, "GET", "/tokenizer_info", params={"model": "subword"})
+    assert info["tokenizer_class"] == "SubwordTokenizer" and info["level"] == "subword"
+    assert info["unk_token"] is None and info["eos_token"] == "\n"
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_generated_text_is_whole_characters_and_streamed_equals_whole(
+    client: httpx.AsyncClient, seed: int
+) -> None:
+    """A byte token that begins a character is only followed by one that continues it (no U+FFFD)."""
+    body = {"model": "subword", "prompt": "영화가 ", "max_tokens": 40, "seed": seed, "temperature": 1.3}
+    whole = await call(client, "POST", "/v1/generate", json=body)
+    response = await client.post("/v1/generate", json={**body, "stream": True})
+    streamed = "".join(data["text"] for event, data in parse_sse(response.text) if event == "token")
+    assert streamed == whole["text"]
+    text = whole["text"]
+    assert "\ufffd" not in (text[:-1] if whole["finish_reason"] == "length" else text)  # a cut may end mid-character
+
+
+async def test_a_regex_constraint_holds_on_the_subword_level(client: httpx.AsyncClient) -> None:
+    """The constraint reads the tokens' bytes, so a Hangul alternative spans several byte tokens."""
+    pattern = "(cat|mat|영화)( (cat|mat|영화)){0,3}"
+    finishes = []
+    for seed in range(8):
+        body = {"model": "subword", "prompt": "the ", "max_tokens": 40, "seed": seed, "guided_regex": pattern}
+        answer = await call(client, "POST", "/v1/generate", json=body)
+        finishes.append(answer["finish_reason"])
+        if answer["finish_reason"] == "stop":
+            assert re.fullmatch(pattern, answer["text"]), answer["text"]
+    assert "stop" in finishes
