@@ -8,6 +8,7 @@ import torch
 
 from model.checkpoint import save_checkpoint
 from model.network import RNNLM, ModelConfig
+from model.subword import SubwordTokenizer
 from model.tokenizer import CharTokenizer, Tokenizer, WordTokenizer
 
 CHAR_TEXT = "the quick brown fox jumps over the lazy dog\n다람쥐 헌 쳇바퀴에 타고파\nhello world\n"
@@ -36,7 +37,13 @@ def word_tokenizer() -> WordTokenizer:
     return WordTokenizer.build(WORD_TEXT)
 
 
+def subword_tokenizer() -> SubwordTokenizer:
+    """Byte-level BPE learned on the char and word texts (Hangul included)."""
+    return SubwordTokenizer.train([CHAR_TEXT, WORD_TEXT] * 5, vocab_size=300)
+
+
 def make_checkpoint(directory: Path, level: str = "char", cell: str = "lstm", seed: int = 0, hidden: int = 16) -> Path:
-    tokenizer: Tokenizer = char_tokenizer() if level == "char" else word_tokenizer()
+    makers = {"char": char_tokenizer, "word": word_tokenizer, "subword": subword_tokenizer}
+    tokenizer: Tokenizer = makers[level]()
     model = tiny_model(tokenizer, cell=cell, seed=seed, hidden=hidden)
     return save_checkpoint(directory, model, tokenizer, training={"corpus": "tiny", "steps": 0})

@@ -43,10 +43,13 @@ CHOICES = {
         ("jumps", ["over", "under", "the", "a"], 2),
     ],
 }
+CHOICES["subword"] = CHOICES["char"]  # byte-level BPE: the same texts, Hangul included
+
 DOCUMENTS = {
     "word": ["the cat sat on the mat", "a dog and a cat sat on the log", "the dog"],
     "char": ["the quick brown fox jumps over the lazy dog", "hello world", "다람쥐 헌 쳇바퀴에 타고파"],
 }
+DOCUMENTS["subword"] = DOCUMENTS["char"]
 
 
 def write_tasks(directory: Path, level: str) -> None:
@@ -80,14 +83,14 @@ def write_tasks(directory: Path, level: str) -> None:
     (directory / "rnnlm_rolling.yaml").write_text(yaml.safe_dump(rolling_task))
 
 
-@pytest.fixture(scope="module", params=["word", "char"])
+@pytest.fixture(scope="module", params=["word", "char", "subword"])
 def evaluated(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, redis_url: str
 ) -> Iterator[tuple[str, str, dict[str, Any]]]:
     """(server root, model id, what `simple_evaluate` returned) for a model served as the default."""
     model: str = request.param
     root = tmp_path_factory.mktemp(f"lm-eval-tasks-{model}")
-    make_checkpoint(root / "models" / model, level=model, cell="lstm" if model == "char" else "gru", seed=5)
+    make_checkpoint(root / "models" / model, level=model, cell="gru" if model == "word" else "lstm", seed=5)
     tasks = root / "tasks"
     tasks.mkdir()
     write_tasks(tasks, model)
