@@ -46,7 +46,9 @@ class SessionRecord:
     """Everything needed to continue a sequence without recomputing it.
 
     `state` has consumed every token but `pending_id`; `pending_text` is text received
-    but not yet tokenised (a word model's unfinished last word). `history` holds the
+    but not yet tokenised (a word model's unfinished last word); `pending_bytes` the
+    bytes of a character a generation began and did not finish (a byte-level subword
+    model cut by max_tokens), which the next generation continues. `history` holds the
     most recent token ids, for the repetition penalty.
     """
 
@@ -58,6 +60,7 @@ class SessionRecord:
     created_at: float  # Unix time
     updated_at: float
     pending_text: str = ""
+    pending_bytes: bytes = b""
     history: tuple[int, ...] = field(default_factory=tuple)
     owner: str | None = None  # digest of the API key that created it (None: made without keys)
 
@@ -79,6 +82,7 @@ def encode_session(record: SessionRecord) -> bytes:
         "model": record.model,
         "pending_id": record.pending_id,
         "pending_text": record.pending_text,
+        "pending_bytes": record.pending_bytes.hex(),
         "token_count": record.token_count,
         "history": list(record.history),
         "owner": record.owner,
@@ -123,6 +127,7 @@ def decode_session(data: bytes) -> SessionRecord:
         created_at=float(_field(header, "created_at", (int, float))),
         updated_at=float(_field(header, "updated_at", (int, float))),
         pending_text=_field(header, "pending_text", str),
+        pending_bytes=pending_bytes_of(header.get("pending_bytes", "")),
         history=tuple(_int_list(header.get("history"), "history")),
         owner=_owner(header.get("owner")),
     )
@@ -178,3 +183,14 @@ def _int_list(value: Any, what: str) -> list[int]:
     if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         raise SessionCodecError(f"{what} must be a list of integers")
     return value
+
+
+def pending_bytes_of(value: object) -> bytes:
+    """At most 3 bytes, hex: the start of one UTF-8 character (records written before it have none)."""
+    try:
+        data = bytes.fromhex(value) if isinstance(value, str) else None
+    except ValueError:
+        data = None
+    if data is None or len(data) > 3:
+        raise SessionCodecError("field 'pending_bytes' is not the hex of at most 3 bytes")
+    return data

@@ -76,12 +76,18 @@ class Released:
 class TextOutput:
     """One sequence's detokeniser: token ids in, releasable text out (bytes, then stop strings)."""
 
-    def __init__(self, tokenizer: Tokenizer, stop: tuple[str, ...], previous: int, max_tokens: int) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, stop: tuple[str, ...], previous: int, max_tokens: int, carried: bytes | None = None
+    ) -> None:
+        """`carried`: a session's bytes of a character begun earlier; with it, an unfinished
+        character at the end is held (`pending_bytes`), not released as U+FFFD."""
         self.tokenizer = tokenizer
         self.previous = previous  # the token before the next one (a word's space depends on it)
         self.max_tokens = max_tokens
         self.count = 0
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._hold = carried is not None
+        self._utf8.decode(carried or b"")  # the start of a character: nothing to release yet
         self._stop = StopStringMatcher(stop)
 
     @property
@@ -127,6 +133,6 @@ class TextOutput:
 
     def _flush(self) -> str:
         """Everything held back: an unfinished character (as U+FFFD) and a possible stop string's start."""
-        tail = self._utf8.decode(b"", final=True)
+        tail = "" if self._hold else self._utf8.decode(b"", final=True)
         text = self._stop.push(tail) if tail else ""
         return text if self._stop.stopped else text + self._stop.flush()

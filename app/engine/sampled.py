@@ -42,7 +42,9 @@ class GenerateJob(Job):
             worker.finish(self)
             end = self.fed_end()
             for choice in range(self.n):
-                worker.deliver(self, GenerationResult("length", end, [], self.fed_logprobs, choice, self.fed_top))
+                held = self.settings.carried_bytes or b""
+                result = GenerationResult("length", end, [], self.fed_logprobs, choice, self.fed_top, held)
+                worker.deliver(self, result)
             return
         constraint = self.settings.constraint
         try:
@@ -83,7 +85,9 @@ class SampledRow(Row):
         self.choice = choice
         self.seed = seed
         self.generated: list[int] = []
-        self.output = TextOutput(worker.tokenizer, settings.stop, job.pending, settings.max_tokens)
+        self.output = TextOutput(
+            worker.tokenizer, settings.stop, job.pending, settings.max_tokens, settings.carried_bytes
+        )
         self.uses_history = settings.sampling.uses_history
         # Never drawn: <unk> (unless asked for) and, before min_tokens, the end of the text.
         self.always_banned = [] if settings.sampling.allow_unk or unk_id is None else [unk_id]
@@ -191,7 +195,15 @@ class SampledRow(Row):
         job.end_choice(
             worker,
             self,
-            GenerationResult(released.finish, end, list(self.generated), job.fed_logprobs, self.choice, job.fed_top),
+            GenerationResult(
+                released.finish,
+                end,
+                list(self.generated),
+                job.fed_logprobs,
+                self.choice,
+                job.fed_top,
+                held_bytes=self.output.pending_bytes,
+            ),
         )
 
 

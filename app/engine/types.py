@@ -67,6 +67,10 @@ class GenerationSettings:
     top_logprobs: int = 0
     history: tuple[int, ...] = ()
     min_tokens: int = 0
+    # A session's: bytes of a character an earlier generation began (byte-level subwords), and
+    # the promise to hold an unfinished character at the end (GenerationResult.held_bytes)
+    # rather than show it as U+FFFD. None: a one-shot text, whole at its end.
+    carried_bytes: bytes | None = None
     constraint: Constraint | None = None
 
 
@@ -90,6 +94,7 @@ class GenerationResult:
     fed_logprobs: list[float]  # logprobs of the ids fed before generating (the prompt)
     choice: int = 0
     fed_top: list[Top] = field(default_factory=list)  # the most likely tokens at each fed position, if asked
+    held_bytes: bytes = b""  # with carried_bytes: the unfinished character's bytes at the end
 
 
 def finite(value: float) -> float:

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from app.errors import InvalidRequest, NotFound, SessionConflict
 from app.registry import ModelRegistry, ServedModel
-from app.session_codec import DTYPE_NAMES, SessionRecord
+from app.session_codec import DTYPE_NAMES, SessionCodecError, SessionRecord, pending_bytes_of
 
 FORMAT = "rnnlm-session"
 FORMAT_VERSION = "1"
@@ -49,6 +49,7 @@ class SessionExport:
     token_count: int
     pending_text: str
     history: tuple[int, ...]
+    pending_bytes: bytes = b""  # a character a generation began (byte-level subword models)
 
     def record(self, served: ServedModel, ttl: float, now: float, owner: str | None, keep: int) -> SessionRecord:
         """The session record for `served` (checked first: 422 when the file does not fit it).
@@ -65,6 +66,7 @@ class SessionExport:
             created_at=now,
             updated_at=now,
             pending_text=self.pending_text,
+            pending_bytes=self.pending_bytes,
             history=self.history[-keep:] if keep else (),
             owner=owner,
         )
@@ -84,6 +86,7 @@ def export_session(record: SessionRecord, served: ServedModel) -> bytes:
         "pending_id": str(record.pending_id),
         "token_count": str(record.token_count),
         "pending_text": record.pending_text,
+        "pending_bytes": record.pending_bytes.hex(),
     }
     return _sorted_header(save(tensors, metadata=metadata))
 
@@ -117,7 +120,15 @@ def read_export(data: bytes) -> SessionExport:
         token_count=_count(metadata, "token_count"),
         pending_text=metadata.get("pending_text", ""),
         history=tuple(history.tolist()),
+        pending_bytes=_pending_bytes(metadata.get("pending_bytes", "")),
     )
+
+
+def _pending_bytes(value: str) -> bytes:
+    try:
+        return pending_bytes_of(value)
+    except SessionCodecError as exc:
+        raise _invalid(f"metadata {exc}") from exc
 
 
 def importing_model(export: SessionExport, models: ModelRegistry, model: str | None) -> ServedModel:

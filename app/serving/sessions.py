@@ -18,7 +18,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 from app.engine import Generation, GenerationResult, SequenceState
@@ -202,6 +202,7 @@ class SessionService:
         flushed = tokenizer.encode(session.record.pending_text)
         history = [*session.record.history, *flushed.ids]
         settings = generation_settings(self.settings, session.served, request, history)
+        settings = replace(settings, carried_bytes=session.record.pending_bytes)  # a character begun before
         generation = session.served.engine.generate(session.start(), settings, flushed.ids)
         return SessionGeneration(session, flushed, generation)
 
@@ -226,7 +227,8 @@ class SessionService:
 
     async def save_generation(self, prepared: SessionGeneration, result: GenerationResult) -> SessionInfo:
         """The session after the flushed text and every generated token (a stop string included)."""
-        return await self._save(prepared.session, result.end, [*prepared.flushed.ids, *result.token_ids], "")
+        ids = [*prepared.flushed.ids, *result.token_ids]
+        return await self._save(prepared.session, result.end, ids, "", result.held_bytes)
 
     async def _load(
         self, session_id: str, model: str | None, expected_version: int | None, owner: str | None = None
@@ -264,7 +266,10 @@ class SessionService:
         _check_shape(session_id, record, served)
         return LoadedSession(session_id, record, item.version, item.expires_in, served)
 
-    async def _save(self, session: LoadedSession, end: SequenceState, ids: list[int], pending_text: str) -> SessionInfo:
+    async def _save(
+        self, session: LoadedSession, end: SequenceState, ids: list[int], pending_text: str, pending_bytes: bytes = b""
+    ) -> SessionInfo:
+        """The record after `ids`. A feed drops `pending_bytes`: text after an unfinished character ends it."""
         record = SessionRecord.from_state(
             end.state,
             model=session.record.model,
@@ -274,6 +279,7 @@ class SessionService:
             created_at=session.record.created_at,
             updated_at=time.time(),
             pending_text=pending_text,
+            pending_bytes=pending_bytes,
             history=self._history(session.record.history, ids),
             owner=session.record.owner,
         )

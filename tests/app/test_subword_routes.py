@@ -120,3 +120,15 @@ async def test_a_regex_constraint_holds_on_the_subword_level(client: httpx.Async
         if answer["finish_reason"] == "stop":
             assert re.fullmatch(pattern, answer["text"]), answer["text"]
     assert "stop" in finishes
+
+
+async def test_a_session_generation_cut_inside_a_character_finishes_it_next_time(client: httpx.AsyncClient) -> None:
+    """One token a call: a call that ends inside a Hangul syllable releases nothing (the session keeps its
+    bytes), and a later call releases the whole syllable; never a U+FFFD."""
+    session = await call(client, "POST", "/v1/sessions", 201, json={"model": "subword", "prompt": "영화가 정말"})
+    texts = []
+    for step in range(40):
+        body = {"seed": 100 + step, "temperature": 1.3, "max_tokens": 1}
+        texts.append((await call(client, "POST", f"/v1/sessions/{session['id']}/generate", json=body))["text"])
+    assert "" in texts and any(any(ord(c) > 0x7FF for c in text) for text in texts)
+    assert all("\ufffd" not in text for text in texts)
