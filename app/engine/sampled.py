@@ -40,9 +40,8 @@ class GenerateJob(Job):
     def start(self, worker: Worker) -> None:
         if self.settings.max_tokens <= 0:  # echo-only scoring
             worker.finish(self)
-            end = self.fed_end()
+            end, held = self.fed_end(), self.settings.carried_bytes or b""
             for choice in range(self.n):
-                held = self.settings.carried_bytes or b""
                 result = GenerationResult("length", end, [], self.fed_logprobs, choice, self.fed_top, held)
                 worker.deliver(self, result)
             return
