@@ -28,15 +28,9 @@ from model.checkpoint import save_checkpoint
 from model.tokenizer import CharTokenizer
 from tests.app.conftest import ClientFactory, running
 from tests.app.sse import parse_sse
+from tests.app.test_constraint import JSON_TEXT, PERSON
 from tests.factories import tiny_model
 
-JSON_TEXT = '{"name": "bob", "age": 12, "tags": ["a", "b"], "ok": true}\n[1, 2.5, null, false]\n'
-PERSON = {
-    "type": "object",
-    "properties": {"name": {"type": "string", "maxLength": 6}, "age": {"type": "integer", "maximum": 99}},
-    "required": ["name", "age"],
-    "additionalProperties": False,
-}
 CHAR_REGEX = "[a-z]{1,5}( [a-z]{1,5}){0,2}"
 WORD_REGEX = "( [a-z]+){1,4}"  # mid-line (after a prompt) a word model's text starts with a space
 
