@@ -4,7 +4,7 @@ For each vocabulary (characters, PTB words, a 10k byte-level BPE, a large Korean
 set) and each constraint (a regex, a JSON schema), a matcher walks `--steps` tokens, each
 drawn at random (seeded) among those it allows, and only the mask computation is timed:
 the compile time, the mask per row per step (median and 95th percentile) and llguidance's
-batched mask of `--rows` rows in one parallel call. The same walk is timed with xgrammar
+mask of `--rows` rows as the engine computes them (one call per row). The same walk is timed with xgrammar
 and outlines-core when they are importable (they are not dependencies: `pip install
 --target DIR xgrammar outlines-core` and put DIR on PYTHONPATH to compare).
 
@@ -125,7 +125,7 @@ def measure_llguidance(tokenizer: Tokenizer, constraint: Constraint, steps: int,
 
     matcher = template.deep_copy()
     single = walk(lambda: ids(vocabulary.masks([matcher])[0]), matcher.consume_token, steps, 0)
-    # the engine's way: every constrained row of a tick in one parallel call
+    # the engine's way: every constrained row of a tick (ConstraintVocabulary.masks)
     matchers = [template.deep_copy() for _ in range(rows)]
     rng = random.Random(1)
     batched = []

@@ -22,6 +22,8 @@ The parts, each a module:
 - constraint.py: constrained decoding (a regex, choice, JSON schema or grammar), llguidance's
   matchers over the model's byte view; constrained.py: what a constraint asks of a sampled
   row each tick (its masks, applied before the sampler, and how it ends);
+- prefix_cache.py: the states after prompts' prefixes, kept across requests (the
+  scheduler resumes a prompt from the longest one);
 - output.py: generated ids to text (UTF-8 assembly and stop strings); types.py: the
   values that go in and come out.
 """

@@ -88,6 +88,7 @@ class SampledRow(Row):
             worker.tokenizer, settings.stop, job.pending, settings.max_tokens, settings.carried_bytes
         )
         self.uses_history = settings.sampling.uses_history
+        self.byte_level = bool(worker.tokenizer.partial_ids)  # a token may hold part of a character
         # Never drawn: <unk> (unless asked for) and, before min_tokens, the end of the text.
         self.always_banned = [] if settings.sampling.allow_unk or unk_id is None else [unk_id]
         # A constrained row: its matcher, and the tokens it allows next (V,) bool on the device, once computed.
@@ -99,7 +100,9 @@ class SampledRow(Row):
     def banned(self) -> list[int]:
         """What this row may not draw now: <unk>, the end before min_tokens, and (inside a character
         a byte-level token began) every token that would not continue it as UTF-8."""
-        banned = [*self.always_banned, *self.output.tokenizer.invalid_after(self.output.pending_bytes)]
+        banned = self.always_banned
+        if self.byte_level:  # char and word tokens are whole characters: nothing to check per step
+            banned = [*banned, *self.output.tokenizer.invalid_after(self.output.pending_bytes)]
         if self.matcher is not None:  # the constraint decides where the text ends
             return banned
         early = self.settings.eos_id is not None and len(self.generated) < self.settings.min_tokens
