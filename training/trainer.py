@@ -19,7 +19,8 @@ from tqdm import tqdm
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.network import RNNLM, State, detach_state, select_state, state_tensors
 from model.subword import SubwordTokenizer
-from model.tokenizer import CharTokenizer, Tokenizer, WordTokenizer, normalize, tokenizer_from_dict
+from model.tokenizer import CharTokenizer, Tokenizer, WordTokenizer, normalize
+from model.tokenizers import tokenizer_from_dict
 from training import distributed as dist_util
 from training.batching import batchify, encode_stream, num_windows, shard_streams, windows
 from training.config import TrainConfig

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
 from app.main import create_app
 from app.settings import Settings
 from tests.factories import make_checkpoint
-
-ClientFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
+from tests.helpers import ClientFactory, running
 
 
 @pytest.fixture(scope="session")
@@ -25,15 +23,6 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_checkpoint(root / "char", level="char", cell="lstm", seed=1)
     make_checkpoint(root / "word", level="word", cell="gru", seed=2)
     return root
-
-
-@asynccontextmanager
-async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """Run the app's lifespan for real and talk to it over ASGI."""
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
-            yield client
 
 
 @pytest.fixture
