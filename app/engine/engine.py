@@ -70,7 +70,7 @@ class Engine:
         """Log-probabilities of `ids` after `start` (and the top alternatives at each), and the state after them."""
         job, future = self._call(FeedJob, start, ids, with_logprobs=with_logprobs, top_logprobs=top_logprobs)
         await future
-        return FeedResult(job.fed_logprobs, job.fed_end(), job.fed_top)
+        return FeedResult(job.fed_logprobs, job.fed_end(), job.fed_top, job.cached)
 
     async def next_token(self, start: SequenceState, ids: list[int] | None = None) -> NextTokenResult:
         """Feed `ids`, then the distribution of the next token (V,)."""

@@ -65,6 +65,7 @@ class Job:
         self.history = start.history  # the tokens before `ids`, when known (keys the prefix cache)
         self.cached_upto = 0  # prefix cache: the last point of this prompt known to the cache (tokens from the start)
         self.parts_at = 0  # prefix cache: where the prompt leaves the ones fed before it, when it does
+        self.cached = 0  # prefix cache: how many of `ids` a hit spared feeding
         self.ids = ids
         self.loop = loop  # where the caller waits
         self.receive = receive  # takes an item on that loop (never called from the worker)

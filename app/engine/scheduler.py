@@ -196,6 +196,7 @@ class Scheduler:
             return
         length, entry = hit
         job.state, job.pending, job.fed = entry.state, key[length - 1], length - before
+        job.cached = job.fed
         if job.with_logprobs and entry.logprobs is not None:
             job.fed_logprobs = entry.logprobs[before:length].tolist()
         if job.top_logprobs and entry.top_ids is not None and entry.top_values is not None:
