@@ -6,6 +6,7 @@ naming it. The sync SDK against a live server: tests/e2e/test_clients.py.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,7 +14,9 @@ import openai
 import pytest
 
 from app.completions.protocol import REFUSED
-from tests.helpers import openai_sdk, parse_sse
+from model.checkpoint import load_checkpoint
+from tests.factories import make_checkpoint
+from tests.helpers import ClientFactory, openai_sdk, parse_sse
 
 
 async def tokenize(client: httpx.AsyncClient, model: str, text: str) -> list[int]:
@@ -370,3 +373,32 @@ async def test_tokenize_returns_the_vocabularys_token_strings(client: httpx.Asyn
         await client.post("/tokenize", json={"model": "word", "prompt": "the zebra", "return_token_strs": True})
     ).json()
     assert answer["token_strs"] == ["the", "<unk>"]
+
+
+@pytest.fixture(scope="module")
+def subword_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("subword-models")
+    make_checkpoint(root / "subword", level="subword", cell="lstm", seed=3)
+    return root
+
+
+async def test_a_subword_bad_word_is_never_generated_and_a_partial_allowed_token_is_refused(
+    make_client: ClientFactory, subword_dir: Path
+) -> None:
+    """A subword word is several tokens, spelled differently at a line start and after a space: both are banned."""
+    async with make_client(models_dir=subword_dir) as client, openai_sdk(client) as api:
+        free = [
+            (await api.completions.create(model="subword", prompt="the ", max_tokens=24, seed=seed)).choices[0].text
+            for seed in range(6)
+        ]
+        words = [w for text in free for w in text.split() if len(w) >= 3]
+        word = max(words, key=lambda w: sum(w in text for text in free))
+        tokens = await tokenize(client, "subword", word)
+        for seed in range(6):
+            answer = await api.completions.create(
+                model="subword", prompt="the ", max_tokens=24, seed=seed, extra_body={"bad_words": [word]}
+            )
+            assert word not in answer.choices[0].text, (word, tokens)
+        partial = min(load_checkpoint(subword_dir / "subword").tokenizer.partial_ids)  # a byte of a character
+        with pytest.raises(openai.BadRequestError, match="only part of a character"):
+            await api.completions.create(model="subword", prompt="the ", extra_body={"allowed_token_ids": [partial]})
