@@ -111,6 +111,24 @@ def test_a_field_neither_openai_nor_vllm_honours_here_is_a_400(client: openai.Op
     assert isinstance(error.value.body, dict) and error.value.body["param"] == next(iter(fields))
 
 
+def test_the_vllm_fields_example_of_docs_openai(client: openai.OpenAI) -> None:
+    """docs/openai.md's example: vLLM's fields through extra_body, and a refusal naming its field."""
+    banned = client.completions.create(
+        model="word",
+        prompt="the company said",
+        max_tokens=12,
+        seed=3,
+        extra_body={"bad_words": ["it"], "stop_token_ids": [1], "return_token_ids": True},
+    )
+    ids = (banned.choices[0].model_extra or {})["token_ids"]
+    assert 1 not in ids[:-1] and (banned.system_fingerprint or "").startswith("rnnlm-")
+    assert "it" not in banned.choices[0].text.split()
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.completions.create(model="word", prompt="the", extra_body={"priority": 1})
+    assert isinstance(refused.value.body, dict) and refused.value.body["param"] == "priority"
+    assert "first come, first served" in refused.value.message
+
+
 def test_vllm_fields_through_the_sync_sdk(client: openai.OpenAI) -> None:
     """The sampled token in top_logprobs, allowed ids only, prompt_logprobs, a stream of two prompts interleaved."""
     answer = client.completions.create(
