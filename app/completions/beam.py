@@ -33,6 +33,7 @@ BEAM_CONFLICTS = (
     "include_stop_str_in_output",
     "allowed_token_ids",
     "bad_words",
+    "prompt_logprobs",
 )
 
 
@@ -98,4 +99,4 @@ async def complete_with_beams(
                     token_ids=list(hypothesis.ids) if request.return_token_ids else None,
                 )
             )
-    return prepared.response(choices, prepared.usage(generated))
+    return prepared.response(choices, prepared.usage(generated, sum(run.cached for _, run in searches)))

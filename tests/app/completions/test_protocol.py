@@ -45,6 +45,8 @@ def extra(choice: Any, name: str) -> Any:
         ({"stream_options": {"include_usage": True}}, "stream_options"),  # without stream: vLLM's 400
         ({"length_penalty": 0.5}, "length_penalty"),  # only with use_beam_search
         ({"use_beam_search": True, "temperature": 0.5}, "use_beam_search"),
+        ({"use_beam_search": True, "prompt_logprobs": 1}, "use_beam_search"),
+        ({"use_beam_search": True, "stream": True}, "use_beam_search"),
         ({"stop_token_ids": [10**6]}, "stop_token_ids"),
         ({"allowed_token_ids": [10**6]}, "allowed_token_ids"),
         ({"allowed_token_ids": [0]}, "allowed_token_ids"),  # only <unk>: nothing left to draw
@@ -347,6 +349,12 @@ async def test_beam_search_is_the_engines(client: httpx.AsyncClient) -> None:
         answer = await api.completions.create(
             model="char", prompt="the ", max_tokens=6, n=2, extra_body={"use_beam_search": True, "length_penalty": 0.6}
         )
+        again = await api.completions.create(
+            model="char", prompt="the ", max_tokens=6, n=2, extra_body={"use_beam_search": True, "length_penalty": 0.6}
+        )
+    assert [c.text for c in again.choices] == [c.text for c in answer.choices]
+    assert again.usage is not None and again.usage.prompt_tokens_details is not None
+    assert again.usage.prompt_tokens_details.cached_tokens == 4  # the prompt's state, from the first search
     native = (
         await client.post("/v1/generate", json={"model": "char", "prompt": "the ", "max_tokens": 6, "beam_width": 2})
     ).json()
