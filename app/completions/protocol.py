@@ -102,7 +102,10 @@ class CompletionRequest(SamplingFields):
     add_special_tokens: bool = Field(default=True, description="accepted: no special token is ever added")
     guided_decoding_backend: str | None = Field(default=None, description="llguidance (or auto); others refused")
     guided_whitespace_pattern: str | None = Field(default=None, description="refused: not offered")
-    priority: int = Field(default=0, description="0 only: the engine admits first come, first served")
+    priority: int = Field(
+        default=0,
+        description="lower is fed first (vLLM's); admission is at once: a full engine is a 429 whatever it is",
+    )
     request_id: str | None = Field(default=None, description="the answer's id is cmpl-<request_id>")
     return_tokens_as_token_ids: bool = Field(default=False, description='logprobs tokens as "token_id:<id>"')
     return_token_ids: bool = Field(default=False, description="each choice carries prompt_token_ids and token_ids")
@@ -141,7 +144,6 @@ REFUSED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "cache_salt": (_is(None), "the prefix-state cache is per model and not salted"),
     "kv_transfer_params": (_is(None), "a recurrent model has no KV cache to transfer (no disaggregated prefill)"),
     "vllm_xargs": (_is(None), "no custom extensions are offered"),
-    "priority": (_is(0), "the engine admits jobs first come, first served: no priorities"),
     "skip_special_tokens": (_is(True), "special tokens (<eos>, <unk>) are never shown as text here"),
     "guided_decoding_backend": (
         lambda value: value in (None, "auto", "llguidance", "guidance"),

@@ -319,7 +319,11 @@ async def complete(models: ModelRegistry, settings: Settings, request: Completio
     groups = prefix_groups(ids) if prepared.settings.share_prefixes else [([], [i]) for i in range(len(ids))]
     # Shared prefixes first (queued feeds), then every generation admitted at once: all or none.
     heads = await asyncio.gather(
-        *(engine.feed(engine.fresh(), prefix, prepared.prompt_logprobs, prepared.top) for prefix, _ in groups if prefix)
+        *(
+            engine.feed(engine.fresh(), prefix, prepared.prompt_logprobs, prepared.top, request.priority)
+            for prefix, _ in groups
+            if prefix
+        )
     )
     starts: dict[int, tuple[int, FeedResult]] = {}
     shared = iter(heads)
@@ -338,6 +342,7 @@ async def complete(models: ModelRegistry, settings: Settings, request: Completio
                     prepared.prompt_logprobs,
                     prepared.sampled,
                     prepared.top,
+                    request.priority,
                 )
             )
         found = await asyncio.gather(*(collect(generation) for generation in generations))

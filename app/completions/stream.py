@@ -43,7 +43,9 @@ def start_stream(
     generations: list[Generation] = []
     try:
         for plan, prompt in zip(prepared.plans, prepared.prompts, strict=True):
-            generations.append(engine.generate(engine.fresh(), plan, prompt.ids, n=request.n))
+            generations.append(
+                engine.generate(engine.fresh(), plan, prompt.ids, n=request.n, priority=request.priority)
+            )
     except BaseException:
         for generation in generations:  # a refusal of one: none of them runs
             generation.cancel()

@@ -65,10 +65,14 @@ class Engine:
             return SequenceState(self.model.init_state(1), self.tokenizer.boundary_id, history=())
 
     async def feed(
-        self, start: SequenceState, ids: list[int], with_logprobs: bool = True, top_logprobs: int = 0
+        self, start: SequenceState, ids: list[int], with_logprobs: bool = True, top_logprobs: int = 0, priority: int = 0
     ) -> FeedResult:
-        """Log-probabilities of `ids` after `start` (and the top alternatives at each), and the state after them."""
-        job, future = self._call(FeedJob, start, ids, with_logprobs=with_logprobs, top_logprobs=top_logprobs)
+        """Log-probabilities of `ids` after `start` (and the top alternatives at each), and the state after them.
+
+        `priority` (vLLM's: lower first) orders the feeding among the jobs waiting to be fed."""
+        job, future = self._call(
+            FeedJob, start, ids, with_logprobs=with_logprobs, top_logprobs=top_logprobs, priority=priority
+        )
         await future
         return FeedResult(job.fed_logprobs, job.fed_end(), job.fed_top, job.cached)
 
@@ -86,8 +90,11 @@ class Engine:
         with_logprobs: bool = False,
         n: int = 1,
         top_logprobs: int = 0,
+        priority: int = 0,
     ) -> Generation:
-        """Feed `ids` (a prompt, logprobs and `top_logprobs` alternatives kept if asked) once, then sample n choices."""
+        """Feed `ids` (a prompt, logprobs and `top_logprobs` alternatives kept if asked) once, then sample n choices.
+
+        `priority` (lower first) orders the prompt's feeding, as `feed`'s does."""
         if settings.constraint is not None:
             self.check_constraint(settings.constraint, start, ids)
         loop = asyncio.get_running_loop()
@@ -101,6 +108,7 @@ class Engine:
             receive=queue.put_nowait,
             with_logprobs=with_logprobs,
             top_logprobs=top_logprobs,
+            priority=priority,
         )
         self.scheduler.admit(job)
         return Generation(self, job, queue)
@@ -122,6 +130,7 @@ class Engine:
         settings: BeamSettings,
         ids: list[int] | None = None,
         constraint: Constraint | None = None,
+        priority: int = 0,
     ) -> BeamRun:
         """Feed `ids`, then beam-search (never choosing `<unk>` unless the settings allow it).
 
@@ -137,7 +146,13 @@ class Engine:
             settings = dataclasses.replace(settings, eos_id=self.tokenizer.boundary_id)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         job = BeamJob(
-            settings, constraint, start=start, ids=list(ids or []), loop=future.get_loop(), receive=_settler(future)
+            settings,
+            constraint,
+            start=start,
+            ids=list(ids or []),
+            loop=future.get_loop(),
+            receive=_settler(future),
+            priority=priority,
         )
         self.scheduler.admit(job)
         return BeamRun(self, job, future)

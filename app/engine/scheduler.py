@@ -146,6 +146,8 @@ class Scheduler:
                     arrived = list(self._inbox)
                     self._inbox.clear()
                 self._feeding.extend(arrived)
+                if any(job.priority for job in self._feeding):  # vLLM's priority: lower first, then first come
+                    self._feeding = deque(sorted(self._feeding, key=lambda job: job.priority))
                 try:
                     for job in arrived:
                         self._resume(job)

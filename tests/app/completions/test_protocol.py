@@ -38,7 +38,6 @@ def extra(choice: Any, name: str) -> Any:
         ({"cache_salt": "s"}, "cache_salt"),
         ({"kv_transfer_params": {"a": 1}}, "kv_transfer_params"),
         ({"vllm_xargs": {"a": 1}}, "vllm_xargs"),
-        ({"priority": 1}, "priority"),
         ({"skip_special_tokens": False}, "skip_special_tokens"),
         ({"guided_decoding_backend": "xgrammar", "guided_regex": "a+"}, "guided_decoding_backend"),
         ({"guided_whitespace_pattern": " *"}, "guided_whitespace_pattern"),
@@ -78,11 +77,26 @@ def test_every_refused_field_is_one_of_vllms() -> None:
         "cache_salt",
         "kv_transfer_params",
         "vllm_xargs",
-        "priority",
         "skip_special_tokens",
         "guided_decoding_backend",
         "guided_whitespace_pattern",
     }
+
+
+async def test_priority_is_taken_and_changes_nothing_but_the_feeding_order(client: httpx.AsyncClient) -> None:
+    """The order itself is the engine's test (tests/app/engine/test_engine.py); here the same seed, the same text."""
+    async with openai_sdk(client) as api:
+        texts = [
+            (await api.completions.create(model="char", prompt="the ", max_tokens=6, seed=2, extra_body=fields))
+            .choices[0]
+            .text
+            for fields in ({}, {"priority": -3}, {"priority": 10})
+        ]
+        streamed = await api.completions.create(
+            model="char", prompt=["the ", "a"], max_tokens=6, seed=2, stream=True, extra_body={"priority": 1}
+        )
+        assert [chunk async for chunk in streamed]
+    assert texts[0] == texts[1] == texts[2]
 
 
 async def test_null_means_the_default(client: httpx.AsyncClient) -> None:
