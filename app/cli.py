@@ -11,7 +11,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from app.main import create_app
-from app.registry import ModelsDirError, load_models
+from app.models.registry import ModelsDirError, load_models
 from app.settings import Settings
 
 

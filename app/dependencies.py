@@ -8,8 +8,8 @@ from fastapi import Depends, Request
 
 from app.errors import Unavailable
 from app.metrics import Metrics
-from app.registry import ModelRegistry
-from app.serving.sessions import SessionService
+from app.models.registry import ModelRegistry
+from app.sessions.serving import SessionService
 from app.settings import Settings
 
 

@@ -1,6 +1,6 @@
 """Domain errors: every error a client can cause or see, as plain exceptions.
 
-Nothing here knows HTTP: app/http_errors.py maps each class to a status and an error
+Nothing here knows HTTP: app/http/errors.py maps each class to a status and an error
 type, once, for JSON answers and stream error events alike. Errors that never leave
 the module that raises them (a store's version conflict, an unreadable session record,
 a bad checkpoint) stay with that module; its caller turns them into one of these.

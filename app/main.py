@@ -10,15 +10,24 @@ from contextlib import asynccontextmanager
 import torch
 from fastapi import Depends, FastAPI
 
-from app.http_errors import ERROR_RESPONSES, install_error_handlers
+from app.chat import router as chat
+from app.completions import router as completions
+from app.fill import router as fill
+from app.generate import router as generate
+from app.http.errors import ERROR_RESPONSES, install_error_handlers
+from app.http.middleware import RequestGuardMiddleware
+from app.http.security import ApiKeys, authenticate
 from app.metrics import Metrics, MetricsMiddleware
-from app.middleware import RequestGuardMiddleware
-from app.model_watcher import ModelWatcher
-from app.registry import load_models
-from app.routers import chat, completions, fill, generate, models, playground, score, sessions, system, tokenizer
-from app.security import ApiKeys, authenticate
-from app.serving.sessions import open_sessions
+from app.models import router as models
+from app.models.registry import load_models
+from app.models.watcher import ModelWatcher
+from app.playground import router as playground
+from app.score import router as score
+from app.sessions import router as sessions
+from app.sessions.serving import open_sessions
 from app.settings import Settings
+from app.system import router as system
+from app.tokenize import router as tokenizer
 
 
 @asynccontextmanager

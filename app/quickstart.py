@@ -4,7 +4,7 @@ Finds a character model and a word model in the models directory and serves as s
 one exists: with neither, it first trains the character recipe (the quicker; the
 trainer's own progress bar shows). The recipe still missing trains in the background
 while the server runs, and the server loads it when it lands in the models directory
-(app/model_watcher.py). A second run finds the models and is up in seconds. Ctrl-C
+(app/models/watcher.py). A second run finds the models and is up in seconds. Ctrl-C
 stops it cleanly, also while training, in front or behind.
 
 Training runs as a child process (`python -m training`): the online half never

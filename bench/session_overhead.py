@@ -35,8 +35,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.session_codec import SessionRecord, decode_session, encode_session
-from app.session_store import RedisSessionStore
+from app.sessions.codec import SessionRecord, decode_session, encode_session
+from app.sessions.store import RedisSessionStore
 from app.settings import Settings
 from model.inference import advance
 from model.network import RNNLM, ModelConfig

@@ -19,7 +19,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_model
 
 from model.network import RNNLM, ModelConfig
-from model.tokenizer import Tokenizer, TokenizerError, tokenizer_from_dict
+from model.tokenizer import Tokenizer, TokenizerError
+from model.tokenizers import tokenizer_from_dict
 
 CHECKPOINT_FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"

@@ -223,28 +223,3 @@ def _select_vocabulary(counts: Counter[str], max_size: int | None, min_freq: int
     if max_size is not None:
         ranked = ranked[: max(0, max_size - reserved)]
     return ranked
-
-
-def tokenizer_from_dict(data: dict[str, Any]) -> Tokenizer:
-    """Rebuild a tokenizer from `to_dict()` output; raise TokenizerError on anything odd."""
-    if not isinstance(data, dict):
-        raise TokenizerError("expected a JSON object")
-    version = data.get("format_version")
-    if version != TOKENIZER_FORMAT_VERSION:
-        raise TokenizerError(f"unsupported tokenizer format_version {version!r} (expected {TOKENIZER_FORMAT_VERSION})")
-    kind = data.get("kind")
-    if kind == "subword":
-        from model.subword import SubwordTokenizer  # imported here: model.subword builds on this module
-
-        return SubwordTokenizer.from_dict(data)
-    tokens = data.get("tokens")
-    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
-        raise TokenizerError("'tokens' must be a list of strings")
-    if kind == "char":
-        return CharTokenizer(tokens)
-    if kind == "word":
-        pretokenizer = data.get("pretokenizer", "whitespace")  # absent in checkpoints written before it existed
-        if pretokenizer not in PRETOKENIZERS:
-            raise TokenizerError(f"unknown pretokenizer {pretokenizer!r} (expected one of {', '.join(PRETOKENIZERS)})")
-        return WordTokenizer(tokens, lowercase=bool(data.get("lowercase", False)), pretokenizer=pretokenizer)
-    raise TokenizerError(f"unknown tokenizer kind {kind!r} (expected 'char', 'word' or 'subword')")

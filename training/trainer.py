@@ -20,7 +20,8 @@ from model.checkpoint import load_checkpoint, save_checkpoint
 from model.network import RNNLM, State, detach_state, select_state, state_from_tensors, state_tensors
 from model.precision import bf16_supported
 from model.subword import SubwordTokenizer
-from model.tokenizer import CharTokenizer, Tokenizer, WordTokenizer, normalize, tokenizer_from_dict
+from model.tokenizer import CharTokenizer, Tokenizer, WordTokenizer, normalize
+from model.tokenizers import tokenizer_from_dict
 from training import distributed as dist_util
 from training.batching import batchify, encode_stream, num_windows, shard_streams, windows
 from training.config import TrainConfig

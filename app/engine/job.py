@@ -19,8 +19,8 @@ from torch import Tensor
 from typing_extensions import Self
 
 from app.engine.constraint import ConstraintVocabulary
+from app.engine.state_pool import Slotted, StatePool
 from app.engine.types import Hooks, SequenceState, Top
-from app.state_pool import Slotted, StatePool
 from model.network import RNNLM
 from model.tokenizer import Tokenizer
 

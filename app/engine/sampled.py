@@ -18,7 +18,7 @@ from llguidance import LLMatcher
 from torch import Tensor
 from typing_extensions import Self
 
-from app.engine import constrained
+import app.engine.constrained as constrained
 from app.engine.job import Job, Row, Worker
 from app.engine.output import Released, TextOutput
 from app.engine.types import FinishReason, GenerationResult, GenerationSettings, TokenEvent, finite

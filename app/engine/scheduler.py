@@ -4,7 +4,7 @@ Each tick the worker (1) feeds up to `prefill_tokens_per_step` queued prompt/tex
 tokens of every waiting job in one padded, packed forward (`feed_tokens_with_top`);
 a job whose ids are all fed `start`s (answers, or takes decode rows); then (2) advances
 every decode row by one token in one batched forward over the slot pool
-(app/state_pool.py) and hands each row kind its rows and logits in one `step` call.
+(app/engine/state_pool.py) and hands each row kind its rows and logits in one `step` call.
 What the tick hands back goes to each event loop in one `call_soon_threadsafe` at its
 end: one wake-up per tick rather than one per token. A job whose caller has gone is
 dropped at the start of the next tick.
@@ -25,10 +25,10 @@ from torch import Tensor
 from app.engine.constraint import ConstraintLimits, ConstraintVocabulary
 from app.engine.job import Job, Row
 from app.engine.prefix_cache import INTERVAL, PrefixCache
+from app.engine.state_pool import StatePool
 from app.engine.types import Hooks, finite
 from app.errors import EngineBusy, EngineClosed
 from app.settings import Settings
-from app.state_pool import StatePool
 from model.checkpoint import Checkpoint
 from model.inference import advance, feed_tokens_with_top, model_device
 from model.network import State, cat_states, split_state, state_from_tensors, state_tensors

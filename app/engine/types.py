@@ -5,13 +5,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from torch import Tensor
 
-from app.engine.constraint import Constraint
 from model.network import State
 from model.sampling import SamplingParams
+
+if TYPE_CHECKING:  # only named in annotations: importing it would load llguidance
+    from app.engine.constraint import Constraint
 
 FinishReason = Literal["length", "stop", "eos"]
 

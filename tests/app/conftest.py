@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
 from app.main import create_app
 from app.settings import Settings
 from tests.factories import make_checkpoint
-
-ClientFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
+from tests.helpers import ClientFactory, running
 
 
 @pytest.fixture(scope="session")
@@ -27,22 +25,19 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@asynccontextmanager
-async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """Run the app's lifespan for real and talk to it over ASGI."""
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
-            yield client
-
-
 @pytest.fixture
 def make_client(models_dir: Path, redis_url: str) -> ClientFactory:
     """`async with make_client(max_text_chars=10) as client:` — an app with these settings."""
 
     def factory(**overrides: Any) -> AbstractAsyncContextManager[httpx.AsyncClient]:
-        # One torch thread: tiny models, and a CPU shared with the rest of the suite.
-        settings = Settings(**{"models_dir": models_dir, "redis_url": redis_url, "torch_threads": 1, **overrides})
+        # One torch thread: tiny models, and a CPU shared with the rest of the suite. float32 (not
+        # RNNLM_DTYPE=auto, bfloat16 on a CPU with AMX), so that answers can be compared with
+        # model/'s own float32 computation to 1e-4 and beam scores with feed scores to 1e-3; the
+        # bfloat16 path has its own tests (tests/app/models/test_dtype.py, and the session tests
+        # run in both precisions).
+        settings = Settings(
+            **{"models_dir": models_dir, "redis_url": redis_url, "torch_threads": 1, "dtype": "float32", **overrides}
+        )
         return running(create_app(settings))
 
     return factory

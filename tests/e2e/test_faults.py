@@ -1,8 +1,8 @@
 """Faults injected for real: Redis killed under session load, a server SIGKILLed mid-stream, bad checkpoints.
 
-(A client hanging up mid-stream is tested in tests/app/test_system.py and
+(A client hanging up mid-stream is tested in tests/app/system/test_system.py and
 tests/e2e/test_sessions_multiprocess.py; Redis killed or stalled on a quiet server in
-tests/app/test_session_redis_outage.py.)
+tests/app/sessions/test_redis_outage.py.)
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from app.main import create_app
-from app.registry import ModelsDirError
+from app.models.registry import ModelsDirError
 from app.settings import Settings
-from tests.app.conftest import running
 from tests.factories import make_checkpoint, word_tokenizer
+from tests.helpers import running, wait_until
 from tests.live_server import ServeProcess, serve_command
 from tests.redis_server import RedisServer, free_port
 
@@ -71,14 +71,12 @@ class Feeder:
                 raise AssertionError(f"feed {self.id}: {response.status_code} {response.text}")
 
 
-async def wait_for(condition: Any, timeout: float, what: str, tasks: list[asyncio.Task[None]]) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        for task in tasks:  # a feeder that failed says why at once
-            if task.done():
-                task.result()
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
+def no_feeder_failed(tasks: list[asyncio.Task[None]]) -> bool:
+    """True, or the exception of a feeder that failed (it says why at once)."""
+    for task in tasks:
+        if task.done():
+            task.result()
+    return True
 
 
 async def test_redis_killed_under_session_load_loses_no_acknowledged_write(tmp_path: Path) -> None:
@@ -92,19 +90,29 @@ async def test_redis_killed_under_session_load_loses_no_acknowledged_write(tmp_p
             stop = asyncio.Event()
             tasks = [asyncio.create_task(feeder.run(client, stop)) for feeder in feeders]
             try:
-                await wait_for(lambda: all(f.acks >= 3 for f in feeders), 60, "every session fed three times", tasks)
+                await wait_until(
+                    lambda: no_feeder_failed(tasks) and all(f.acks >= 3 for f in feeders),
+                    "every session fed three times",
+                    60,
+                )
                 server.kill()  # SIGKILL in the middle of the traffic
-                await wait_for(lambda: all(f.failures for f in feeders), 10, "every session to see the outage", tasks)
+                await wait_until(
+                    lambda: no_feeder_failed(tasks) and all(f.failures for f in feeders),
+                    "every session to see the outage",
+                    10,
+                )
                 # Stateless calls do not need Redis and keep answering meanwhile.
                 for path, body in [("/v1/score", {"texts": ["hello"]}), ("/v1/generate", {"max_tokens": 4})]:
                     assert (await client.post(path, json=body)).status_code == 200
                 acks_before = [f.acks for f in feeders]
                 server.start()  # same port, same AOF; the service is not restarted
-                await wait_for(
-                    lambda: all(f.acks >= before + 3 for f, before in zip(feeders, acks_before, strict=True)),
-                    60,
+                await wait_until(
+                    lambda: (
+                        no_feeder_failed(tasks)
+                        and all(f.acks >= before + 3 for f, before in zip(feeders, acks_before, strict=True))
+                    ),
                     "every session fed three times after Redis came back",
-                    tasks,
+                    60,
                 )
             finally:
                 stop.set()

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.app.sse import parse_sse
 from tests.factories import make_checkpoint
+from tests.helpers import parse_sse
 from tests.live_server import ServeProcess
 
 

@@ -14,6 +14,7 @@ running.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 import shutil
@@ -31,6 +32,7 @@ from app.quickstart import banner, models_by_level
 from app.settings import Settings
 from model.checkpoint import save_checkpoint
 from tests.factories import make_checkpoint, tiny_model, word_tokenizer
+from tests.helpers import wait_until
 from tests.redis_server import free_port
 from tests.test_readme import curl_commands, run_examples
 
@@ -229,10 +231,8 @@ def test_make_serve_from_a_fresh_clone(tmp_path: Path) -> None:
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"no {what} after {timeout:.0f} s"
-        time.sleep(0.5)
+    """The shared wait, from this synchronous test (polling every half second)."""
+    asyncio.run(wait_until(condition, what, timeout, interval=0.5))
 
 
 def wait_until_served(serve: MakeServe, base: str, model_id: str, timeout: float) -> float:

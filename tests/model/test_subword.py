@@ -6,7 +6,8 @@ import unicodedata
 import pytest
 
 from model.subword import SubwordTokenizer, byte_symbols, readable
-from model.tokenizer import TokenizerError, tokenizer_from_dict
+from model.tokenizer import TokenizerError
+from model.tokenizers import tokenizer_from_dict
 
 TRAIN = "".join(
     line + "\n"

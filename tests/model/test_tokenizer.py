@@ -2,7 +2,8 @@ import unicodedata
 
 import pytest
 
-from model.tokenizer import EOS, UNK, CharTokenizer, TokenizerError, WordTokenizer, tokenizer_from_dict
+from model.tokenizer import EOS, UNK, CharTokenizer, TokenizerError, WordTokenizer
+from model.tokenizers import tokenizer_from_dict
 
 
 def test_char_round_trip_with_korean() -> None:

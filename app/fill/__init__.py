@@ -1,0 +1,3 @@
+"""POST /fill (fill in the blank).
+
+Each feature folder: protocol.py (schemas), serving.py (logic, no HTTP), router.py (thin HTTP)."""

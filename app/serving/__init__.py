@@ -1,1 +1,0 @@
-"""The logic of each feature: schemas in, schemas out, no HTTP (routers call these)."""

@@ -1,0 +1,3 @@
+"""/health, /ready, /info, /metrics.
+
+Each feature folder: protocol.py (schemas), serving.py (logic, no HTTP), router.py (thin HTTP)."""

@@ -1,0 +1,297 @@
+"""Constraints over HTTP: the fields on every generating route, what they yield, and every 422.
+
+The app runs with its real lifespan; the openai SDK talks to it through httpx's ASGI
+transport (the same requests it sends over a socket), with `extra_body` for the fields
+OpenAI's completions call does not name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema_rs
+import openai
+import pytest
+
+from app.api.constraints import CONSTRAINT_FIELDS
+from app.completions.suffix import SUFFIX_CONFLICTS
+from app.engine import Constraint, Engine
+from app.main import create_app
+from app.settings import Settings
+from model.checkpoint import save_checkpoint
+from model.tokenizer import CharTokenizer
+from tests.factories import tiny_model
+from tests.helpers import JSON_TEXT, PERSON, ClientFactory, parse_sse, running
+
+CHAR_REGEX = "[a-z]{1,5}( [a-z]{1,5}){0,2}"
+WORD_REGEX = "( [a-z]+){1,4}"  # mid-line (after a prompt) a word model's text starts with a space
+
+
+@pytest.fixture(scope="module")
+def json_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A char model whose vocabulary can spell JSON."""
+    root = tmp_path_factory.mktemp("json-models")
+    tokenizer = CharTokenizer.build(JSON_TEXT)
+    save_checkpoint(root / "json", tiny_model(tokenizer), tokenizer, training={"corpus": "tiny", "steps": 0})
+    return root
+
+
+@pytest.fixture
+async def json_client(json_models_dir: Path, redis_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    settings = Settings(models_dir=json_models_dir, redis_url=redis_url, torch_threads=1)
+    async with running(create_app(settings)) as client:
+        yield client
+
+
+def sdk(client: httpx.AsyncClient) -> openai.AsyncOpenAI:
+    """The openai SDK on the in-process app."""
+    transport = client._transport  # the app's ASGI transport
+    return openai.AsyncOpenAI(
+        base_url="http://test/v1",
+        api_key="unused",
+        max_retries=0,
+        # the SDK's stubs name its own vendored httpx; at run time it takes this one
+        http_client=httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30),  # type: ignore[arg-type]
+    )
+
+
+async def post(client: httpx.AsyncClient, path: str, body: dict[str, Any], status: int = 200) -> dict[str, Any]:
+    response = await client.post(path, json=body)
+    assert response.status_code == status, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("model", "prompt", "pattern"), [("char", "the ", CHAR_REGEX), ("word", "the cat", WORD_REGEX)]
+)
+async def test_200_seeded_completions_under_a_regex_all_full_match_it(
+    client: httpx.AsyncClient, model: str, prompt: str, pattern: str
+) -> None:
+    texts = []
+    for seed in range(0, 200, 50):  # choice i draws from seed + i: 200 distinct seeds
+        body = {"model": model, "prompt": prompt, "n": 50, "seed": seed, "max_tokens": 40}
+        answer = await post(client, "/v1/completions", {**body, "structured_outputs": {"regex": pattern}})
+        assert {choice["finish_reason"] for choice in answer["choices"]} == {"stop"}
+        texts += [choice["text"] for choice in answer["choices"]]
+    assert len(texts) == 200
+    assert all(re.fullmatch(pattern, text) for text in texts), [t for t in texts if not re.fullmatch(pattern, t)]
+
+
+@pytest.mark.parametrize(
+    ("model", "prompt", "options"),
+    [
+        ("char", "the ", ["c", "d", "f", "q"]),
+        ("char", "the ", ["hello world", "lazy dog", "quick brown fox", "he"]),  # whole options, not first tokens
+        ("word", "the cat", [" sat", " on", " and"]),
+        ("word", "the cat", [" sat on the mat", " and a dog", " on the log", " sat"]),
+        ("word", "", ["the cat sat", "a dog", "the dog"]),  # at a line start
+    ],
+)
+async def test_choice_returns_a_choice_and_greedy_returns_the_one_score_ranks_first(
+    client: httpx.AsyncClient, model: str, prompt: str, options: list[str]
+) -> None:
+    for seed in range(5):
+        body = {"model": model, "prompt": prompt, "seed": seed, "structured_outputs": {"choice": options}}
+        answer = await post(client, "/v1/generate", body)
+        assert answer["text"] in options and answer["finish_reason"] == "stop"
+    greedy = await post(client, "/v1/generate", {**body, "temperature": 0})
+    scored = await post(client, "/v1/score", {"model": model, "texts": [prompt + option for option in options]})
+    ranked = max(zip(options, scored["results"], strict=True), key=lambda pair: pair[1]["logprob"])[0]
+    assert greedy["text"] == ranked
+
+
+async def test_a_json_schema_yields_valid_json_whenever_it_stops(json_client: httpx.AsyncClient) -> None:
+    answer = await post(
+        json_client,
+        "/v1/completions",
+        {
+            "prompt": "",
+            "n": 40,
+            "seed": 1,
+            "max_tokens": 60,
+            "temperature": 0.7,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}},
+        },
+    )
+    stopped = [choice["text"] for choice in answer["choices"] if choice["finish_reason"] == "stop"]
+    assert stopped
+    for text in stopped:
+        jsonschema_rs.validate(PERSON, json.loads(text))
+    cut = [choice["text"] for choice in answer["choices"] if choice["finish_reason"] == "length"]
+    assert all(text.lstrip().startswith("{") for text in cut)  # a valid prefix: nothing before the object
+
+
+async def test_json_object_and_the_aliases_constrain_too(json_client: httpx.AsyncClient) -> None:
+    base = {"prompt": "", "seed": 3, "max_tokens": 60, "temperature": 0.5}
+    for fields in (
+        {"response_format": {"type": "json_object"}},
+        {"guided_json": PERSON},
+        {"guided_json": json.dumps(PERSON)},
+        {"structured_outputs": {"json": PERSON}},
+    ):
+        answer = await post(json_client, "/v1/generate", {**base, **fields})
+        if answer["finish_reason"] == "stop":
+            assert isinstance(json.loads(answer["text"]), dict)
+        else:
+            assert answer["text"].lstrip().startswith("{")
+
+
+async def test_streamed_equals_whole_on_every_route(client: httpx.AsyncClient) -> None:
+    body = {"prompt": "the ", "seed": 11, "max_tokens": 30, "structured_outputs": {"regex": CHAR_REGEX}}
+    whole = await post(client, "/v1/generate", body)
+    streamed = await client.post("/v1/generate", json={**body, "stream": True})
+    events = parse_sse(streamed.text)
+    assert "".join(data["text"] for event, data in events if event == "token") == whole["text"]
+    assert events[-1][0] == "done" and events[-1][1]["finish_reason"] == whole["finish_reason"] == "stop"
+    completion = await post(client, "/v1/completions", body)
+    assert completion["choices"][0]["text"] == whole["text"]
+    chunks = parse_sse((await client.post("/v1/completions", json={**body, "stream": True})).text)
+    assert "".join(data["choices"][0]["text"] for _, data in chunks if data != "[DONE]") == whole["text"]
+
+
+async def test_a_seeded_constrained_request_is_the_same_alone_and_amid_30_others(client: httpx.AsyncClient) -> None:
+    constrained = {"prompt": "over the ", "seed": 5, "max_tokens": 30, "guided_regex": "[a-z ]{5,30}"}
+    alone = await post(client, "/v1/generate", constrained)
+    free = [{"prompt": "over the ", "max_tokens": 30, "seed": i} for i in range(30)]
+    answers = await asyncio.gather(
+        *(post(client, "/v1/generate", body) for body in [*free[:15], constrained, *free[15:]])
+    )
+    assert answers[15]["text"] == alone["text"]
+
+
+async def test_best_of_and_beam_search_honour_the_constraint(client: httpx.AsyncClient) -> None:
+    options = ["hello world", "the quick fox", "lazy dog"]
+    body = {"prompt": "", "n": 2, "best_of": 4, "seed": 2, "max_tokens": 20, "guided_choice": options}
+    answer = await post(client, "/v1/completions", body)
+    assert [choice["text"] in options for choice in answer["choices"]] == [True, True]
+    beam = await post(
+        client,
+        "/v1/generate",
+        {"prompt": "", "beam_width": 3, "max_tokens": 20, "structured_outputs": {"choice": options}},
+    )
+    assert beam["text"] in options and beam["finish_reason"] == "stop"
+
+
+async def test_a_session_generates_under_a_constraint(client: httpx.AsyncClient) -> None:
+    session = await post(client, "/v1/sessions", {"model": "word", "prompt": "the cat", "flush": True}, 201)
+    path = f"/v1/sessions/{session['id']}/generate"
+    answer = await post(client, path, {"seed": 1, "max_tokens": 10, "guided_regex": WORD_REGEX})
+    assert re.fullmatch(WORD_REGEX, answer["text"]) and answer["finish_reason"] == "stop"
+
+
+async def test_the_openai_sdk_sends_constraints_through_extra_body(client: httpx.AsyncClient) -> None:
+    async with sdk(client) as api:
+        completion = await api.completions.create(
+            model="char", prompt="the ", max_tokens=30, seed=4, extra_body={"structured_outputs": {"regex": CHAR_REGEX}}
+        )
+        assert re.fullmatch(CHAR_REGEX, completion.choices[0].text)
+        assert completion.choices[0].finish_reason == "stop"
+        stream = await api.completions.create(
+            model="char", prompt="the ", max_tokens=30, seed=4, stream=True, extra_body={"guided_regex": CHAR_REGEX}
+        )
+        assert "".join([chunk.choices[0].text async for chunk in stream if chunk.choices]) == completion.choices[0].text
+        with pytest.raises(openai.UnprocessableEntityError, match="unclosed group"):
+            await api.completions.create(model="char", prompt="a", extra_body={"guided_regex": "(ab"})
+
+
+async def test_the_openai_sdk_sends_response_format(json_client: httpx.AsyncClient) -> None:
+    async with sdk(json_client) as api:
+        completion = await api.completions.create(
+            model="json",
+            prompt="",
+            max_tokens=60,
+            seed=2,
+            temperature=0.5,
+            extra_body={"response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON}}},
+        )
+    choice = completion.choices[0]
+    if choice.finish_reason == "stop":
+        jsonschema_rs.validate(PERSON, json.loads(choice.text))
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        ({"structured_outputs": {"regex": "(ab"}}, "structured_outputs.regex", "unclosed group"),
+        ({"guided_json": {"type": "objectx"}}, "guided_json", "objectx"),
+        ({"structured_outputs": {"json": "{not json"}}, "structured_outputs.json", "not JSON"),
+        ({"guided_grammar": "start: missing_rule"}, "guided_grammar", "missing_rule"),
+        ({"model": "word", "guided_regex": " [0-9]+"}, "guided_regex", "no token of this model's vocabulary can start"),
+        ({"model": "word", "prompt": "", "guided_choice": ["zebra"]}, "guided_choice", "no token"),
+    ],
+)
+async def test_an_unusable_constraint_is_a_422_naming_it(
+    client: httpx.AsyncClient, body: dict[str, Any], field: str, message: str
+) -> None:
+    for path in ("/v1/generate", "/v1/completions"):
+        for stream in (False, True):
+            response = await client.post(path, json={"prompt": "the cat", "stream": stream, **body})
+            assert response.status_code == 422, response.text  # before any stream opens
+            error = response.json()["error"]
+            assert error["type"] == "invalid_request" and error["field"] == field
+            assert message in error["message"]
+
+
+async def test_malformed_or_several_constraints_are_422s(client: httpx.AsyncClient) -> None:
+    malformed: list[dict[str, Any]] = [
+        {"structured_outputs": {"regex": "a", "choice": ["a"]}},
+        {"structured_outputs": {}},
+        {"response_format": {"type": "json_schema"}},
+        {"structured_outputs": {"choice": []}},
+    ]
+    for body in malformed:
+        response = await client.post("/v1/generate", json={"prompt": "a", **body})
+        assert response.status_code == 422, body
+    response = await client.post("/v1/generate", json={"prompt": "a", "guided_regex": "a", "guided_choice": ["a"]})
+    assert response.status_code == 422
+    assert response.json()["error"]["conflicts"] == ["guided_choice", "guided_regex"]
+
+
+async def test_a_constraint_over_the_size_bound_is_refused(make_client: ClientFactory) -> None:
+    async with make_client(max_constraint_bytes=100) as client:
+        response = await client.post("/v1/generate", json={"prompt": "a", "guided_regex": "a" * 101})
+    assert response.status_code == 422
+    assert "over the bound of 100" in response.json()["error"]["message"]
+
+
+async def test_every_surface_hands_the_engine_the_same_constraint(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One conversion: a field (or its alias) becomes the same engine Constraint on each surface."""
+    seen: list[Constraint | None] = []
+    original = Engine.generate
+
+    def recording(self: Engine, start: Any, settings: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(settings.constraint)
+        return original(self, start, settings, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "generate", recording)
+    created = await post(client, "/v1/sessions", {"model": "word", "prompt": "the cat", "flush": True}, 201)
+    for path, extra in [
+        ("/v1/generate", {"prompt": "the cat"}),
+        (f"/v1/sessions/{created['id']}/generate", {}),
+        ("/v1/completions", {"prompt": "the cat"}),
+    ]:
+        for fields in ({"structured_outputs": {"regex": WORD_REGEX}}, {"guided_regex": WORD_REGEX}):
+            await post(client, path, {"model": "word", "max_tokens": 3, **fields, **extra})
+    assert [(c.kind, c.text) if c else None for c in seen] == [("regex", WORD_REGEX)] * 6
+    assert [c.field if c else None for c in seen] == ["structured_outputs.regex", "guided_regex"] * 3
+
+
+def test_a_suffix_fill_refuses_every_constraint_field() -> None:
+    assert set(CONSTRAINT_FIELDS) <= set(SUFFIX_CONFLICTS)
+
+
+async def test_a_constraint_slower_to_compile_than_the_bound_is_refused(make_client: ClientFactory) -> None:
+    """The bound is a setting; a microsecond makes any constraint too slow (a real one takes about a millisecond)."""
+    async with make_client(constraint_compile_seconds=1e-6) as client:
+        response = await client.post("/v1/generate", json={"prompt": "a", "guided_regex": "(a|b)*a(a|b){30}"})
+    assert response.status_code == 422
+    assert "took over 1e-06 s to compile" in response.json()["error"]["message"]
