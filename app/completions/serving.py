@@ -189,7 +189,7 @@ async def complete(models: ModelRegistry, settings: Settings, request: Completio
         for index, prompt in enumerate(prepared.prompts):
             length, head = starts[index]
             generations.append(
-                engine.generate(
+                await engine.generate(
                     head.end,
                     prepared.plans[index],
                     prompt.ids[length:],
@@ -311,13 +311,13 @@ def _join(first: CompletionLogprobs, second: CompletionLogprobs) -> CompletionLo
 # ---- the stream -------------------------------------------------------------------------
 
 
-def start_stream(
+async def start_stream(
     models: ModelRegistry, settings: Settings, request: CompletionRequest
 ) -> tuple[Generation, CompletionStream]:
     """Check the request and admit the one prompt's n choices (EngineBusy when full), before the stream opens."""
     prepared = prepare_completion(models, settings, request)
     engine, prompt = prepared.served.engine, prepared.prompts[0]
-    generation = engine.generate(engine.fresh(), prepared.plans[0], prompt.ids, n=prepared.request.n)
+    generation = await engine.generate(engine.fresh(), prepared.plans[0], prompt.ids, n=prepared.request.n)
     return generation, CompletionStream(prepared)
 
 

@@ -4,8 +4,9 @@ The matching is llguidance's (guidance-ai's Earley parser with a lazy regex lexe
 the guided-decoding backends of vLLM and SGLang): it sees the vocabulary as the bytes
 each token adds, and each step gives a bitmask of the tokens that keep the text a
 prefix of the language. This module builds that byte view once per model, compiles
-constraints (bounded in size and effort, cached by their text) and computes the masks
-of a batch of rows (one call per row, on a background thread while the next forward runs).
+constraints (bounded in size and effort, cached by their text; the engine calls `compile`
+on a thread of its own, never on the event loop or the worker) and computes the masks of
+a batch of rows (one call per row, on a background thread while the next forward runs).
 
 The byte view. A token adds `piece_bytes(token, previous)`, which for a word model
 depends on the token before: b" word" mid-line, b"word" after the line boundary: the
@@ -28,23 +29,23 @@ constraint can produce. The view also carries the 256 single bytes as tokens pas
 vocabulary (never allowed, as the mask is cut to the vocabulary): llguidance assumes
 every forced byte string can be tokenized, which a word vocabulary cannot do alone,
 and they are how a separator is fed.
+
 """
 
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import llguidance
 import torch
-from llguidance import LLExecutor, LLMatcher, LLParserLimits, LLTokenizer, TokenizerWrapper
+from llguidance import LLMatcher, LLParserLimits, LLTokenizer, TokenizerWrapper
 from torch import Tensor
 
 from app.errors import ConstraintError
@@ -77,6 +78,25 @@ class Constraint:
     def error(self, message: str) -> ConstraintError:
         """The 422 for this constraint, naming its field."""
         return ConstraintError(message, field=self.field or f"structured_outputs.{self.kind}")
+
+
+@dataclass(frozen=True)
+class CompiledConstraint:
+    """A request's constraint compiled once for its model and its start (a line start or mid-line).
+
+    `matcher` is the request's own, at the start of the text; each row takes a copy
+    (`fork`). A choice keeps `options`: the ones the vocabulary can spell, each with a
+    spelling in token ids (a greedy choice generates the likeliest of them).
+    """
+
+    constraint: Constraint
+    matcher: LLMatcher
+    at_line_start: bool
+    options: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+    def fork(self) -> LLMatcher:
+        """A matcher of its own for one row."""
+        return self.matcher.deep_copy()
 
 
 @dataclass(frozen=True)
@@ -146,12 +166,7 @@ class ConstraintVocabulary:
         self._lock = threading.Lock()
         self._view: LLTokenizer | None = None
         self._separator: bytes | None = b""  # what a token drops at a line start; None: not one for all
-        self._compiled: OrderedDict[tuple[str, str, bool], LLMatcher] = OrderedDict()
-        self._executor: LLExecutor | None = None
-        # llguidance's batched call (LLExecutor) was slower than one call per row on our 10k word vocabulary: 32 rows
-        # took a median 24 ms against 14 ms interleaved on 2 busy cores (70 against 10 ms in separate runs), with 1
-        # or 2 executor threads; so it is off (`parallel` turns it on to measure again).
-        self.parallel = False
+        self._compiled: OrderedDict[tuple[str, str, bool], CompiledConstraint] = OrderedDict()
         # llguidance drops the GIL while it computes a mask, so this thread overlaps the model's next forward.
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rnnlm-masks")
 
@@ -161,7 +176,6 @@ class ConstraintVocabulary:
         with self._lock:
             if self._view is None:
                 self._view, self._separator = self._build_view()
-                self._executor = LLExecutor(num_threads=min(4, os.cpu_count() or 1))
             return self._view
 
     def _build_view(self) -> tuple[LLTokenizer, bytes | None]:
@@ -195,22 +209,26 @@ class ConstraintVocabulary:
 
     # ---- compiling ----------------------------------------------------------------------
 
-    def compile(self, constraint: Constraint, at_line_start: bool) -> LLMatcher:
-        """A fresh matcher for `constraint` (cached by its text); ConstraintError if it cannot be used."""
+    def compile(self, constraint: Constraint, at_line_start: bool) -> CompiledConstraint:
+        """`constraint` compiled, with a matcher of its own (cached by its text); ConstraintError if it cannot be used.
+
+        Slow for a large constraint (bounded by the limits): the engine calls it on a
+        thread of its own (llguidance drops the GIL while it compiles).
+        """
         key = (constraint.kind, constraint.text, at_line_start)
         with self._lock:
             template = self._compiled.get(key)
             if template is not None:
                 self._compiled.move_to_end(key)
-                return template.deep_copy()
-        template = self._compile(constraint, at_line_start)
-        with self._lock:
-            self._compiled[key] = template
-            while len(self._compiled) > self.limits.cache_size:
-                self._compiled.popitem(last=False)
-        return template.deep_copy()
+        if template is None:
+            template = self._compile(constraint, at_line_start)
+            with self._lock:
+                self._compiled[key] = template
+                while len(self._compiled) > self.limits.cache_size:
+                    self._compiled.popitem(last=False)
+        return replace(template, constraint=constraint, matcher=template.fork())
 
-    def _compile(self, constraint: Constraint, at_line_start: bool) -> LLMatcher:
+    def _compile(self, constraint: Constraint, at_line_start: bool) -> CompiledConstraint:
         try:
             size = len(constraint.text.encode("utf-8"))
         except UnicodeEncodeError:
@@ -243,7 +261,13 @@ class ConstraintVocabulary:
             raise constraint.error(_first_line(matcher.get_error()))
         if not bool(mask.any()):
             raise constraint.error(cannot_start)
-        return matcher
+        options = self._spelled_options(constraint) if constraint.kind == "choice" else ()
+        return CompiledConstraint(constraint, matcher, at_line_start, options)
+
+    def _spelled_options(self, constraint: Constraint) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        """A choice's options that the tokenizer encodes without `<unk>`, each with its ids."""
+        spelled = [(option, tuple(self.tokenizer.encode(option).ids)) for option in json.loads(constraint.text)]
+        return tuple((option, ids) for option, ids in spelled if ids and self.tokenizer.unk_id not in ids)
 
     # ---- the worker's side --------------------------------------------------------------
 
@@ -257,16 +281,12 @@ class ConstraintVocabulary:
     def masks(self, matchers: list[LLMatcher], device: torch.device | None = None) -> Tensor:
         """(len(matchers), V) bool on `device`: the tokens each matcher allows next (`<unk>` never)."""
         view = self.view()
-        assert self._executor is not None
         words = (view.vocab_size + 31) // 32
         bits = torch.zeros(len(matchers), words, dtype=torch.int32)  # (C, W) 32 tokens a word
-        if self.parallel:
-            self._executor.unsafe_compute_mask_ptr(
-                [(matcher, i) for i, matcher in enumerate(matchers)], bits.data_ptr(), words * 4, len(matchers)
-            )
-        else:  # one call per row: measured faster (see `parallel`)
-            for i, matcher in enumerate(matchers):
-                matcher.unsafe_compute_mask_ptr(bits[i].data_ptr(), words * 4)
+        # One call per row: llguidance's batched LLExecutor measured slower here (32 rows of our 10k word
+        # vocabulary: a median 24 ms against 14 ms on 2 busy cores).
+        for i, matcher in enumerate(matchers):
+            matcher.unsafe_compute_mask_ptr(bits[i].data_ptr(), words * 4)
         bits = bits.to(device) if device is not None else bits
         shifts = torch.arange(32, dtype=torch.int32, device=bits.device)
         allowed = ((bits.unsqueeze(2) >> shifts) & 1).bool().reshape(len(matchers), words * 32)  # (C, W*32)

@@ -245,7 +245,8 @@ async def _propose_spans(
         keep_prefixes=True,
         with_greedy=False,
     )
-    return await served.engine.beam(start, search).hypotheses()
+    run = await served.engine.beam(start, search)
+    return await run.hypotheses()
 
 
 async def _sum_logprobs(engine: Engine, start: SequenceState, texts: list[list[int]]) -> list[float]:

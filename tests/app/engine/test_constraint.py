@@ -60,7 +60,7 @@ async def texts(
 ) -> list[tuple[str, GenerationResult]]:
     """n seeded choices under `constraint` after `prompt`: (text, result) each."""
     ids = engine.tokenizer.encode(prompt).ids
-    engine.check_constraint(constraint, engine.fresh(), ids)
+    await engine.compile_constraint(constraint, engine.fresh(), ids)
     settings = GenerationSettings(
         max_tokens=int(options.pop("max_tokens", 40)),  # type: ignore[call-overload]
         seed=seed,
@@ -69,7 +69,7 @@ async def texts(
         **options,  # type: ignore[arg-type]
     )
     found: list[list[str]] = [[] for _ in range(n)]
-    async with engine.generate(engine.fresh(), settings, ids, n=n) as generation:
+    async with await engine.generate(engine.fresh(), settings, ids, n=n) as generation:
         async for event in generation:
             found[event.choice].append(event.text)
     results = generation.results
@@ -132,8 +132,8 @@ async def test_the_logprobs_reported_are_the_models_own(char_engine: Engine) -> 
     settings = GenerationSettings(
         max_tokens=1, sampling=SamplingParams(temperature=0), constraint=Constraint("regex", "z")
     )
-    char_engine.check_constraint(settings.constraint, char_engine.fresh(), prompt)  # type: ignore[arg-type]
-    async with char_engine.generate(char_engine.fresh(), settings, prompt) as generation:
+    await char_engine.compile_constraint(settings.constraint, char_engine.fresh(), prompt)  # type: ignore[arg-type]
+    async with await char_engine.generate(char_engine.fresh(), settings, prompt) as generation:
         events, _ = await generation.collect()
     fed = await char_engine.feed(char_engine.fresh(), prompt)
     dist = await char_engine.next_token(fed.end)
@@ -145,10 +145,10 @@ async def test_a_seeded_constrained_row_is_the_same_alone_and_amid_others(char_e
     constraint = Constraint("regex", "[a-z ]{3,30}")
     settings = GenerationSettings(max_tokens=30, seed=7, constraint=constraint)
     prompt = char_engine.tokenizer.encode("over the").ids
-    char_engine.check_constraint(constraint, char_engine.fresh(), prompt)
+    await char_engine.compile_constraint(constraint, char_engine.fresh(), prompt)
 
     async def one(settings: GenerationSettings) -> list[int]:
-        async with char_engine.generate(char_engine.fresh(), settings, prompt) as generation:
+        async with await char_engine.generate(char_engine.fresh(), settings, prompt) as generation:
             _, result = await generation.collect()
         return result.token_ids
 
@@ -182,7 +182,7 @@ async def test_unusable_constraints_are_refused_with_the_reason(
     word_engine: Engine, constraint: Constraint, message: str
 ) -> None:
     with pytest.raises(ConstraintError, match=re.escape(message)):
-        word_engine.check_constraint(constraint, word_engine.fresh())
+        await word_engine.compile_constraint(constraint, word_engine.fresh())
 
 
 def test_a_word_vocabulary_cannot_start_a_character_it_lacks() -> None:
@@ -204,7 +204,7 @@ def test_compiled_constraints_are_cached_by_their_text_least_recent_out() -> Non
 def test_masks_never_allow_unk() -> None:
     tokenizer = char_tokenizer()
     vocabulary = ConstraintVocabulary(tokenizer)
-    matcher = vocabulary.compile(Constraint("regex", "(.|\n)*"), at_line_start=False)
+    matcher = vocabulary.compile(Constraint("regex", "(.|\n)*"), at_line_start=False).matcher
     allowed = vocabulary.masks([matcher])[0]
     assert not allowed[tokenizer.unk_id]
     assert int(allowed.sum()) == tokenizer.vocab_size - 1  # the rest, the end token ("\n") included
@@ -219,10 +219,9 @@ async def test_a_constrained_beam_search_ends_where_the_text_is_complete(
     ):
         constraint = Constraint("regex", pattern)
         ids = engine.tokenizer.encode(prompt).ids
-        engine.check_constraint(constraint, engine.fresh(), ids)
-        hypotheses = await engine.beam(
-            engine.fresh(), BeamSettings(beam_width=4, max_tokens=30), ids, constraint
-        ).hypotheses()
+        await engine.compile_constraint(constraint, engine.fresh(), ids)
+        run = await engine.beam(engine.fresh(), BeamSettings(beam_width=4, max_tokens=30), ids, constraint)
+        hypotheses = await run.hypotheses()
         assert hypotheses
         for hypothesis in hypotheses:
             if hypothesis.finish == "eos":
@@ -237,9 +236,9 @@ async def test_a_constrained_beam_ranks_by_the_models_own_logprobs(word_engine: 
     """Masking never renormalises: the best choice's log-probability is what scoring it (and the end) gives."""
     options = ["the cat", "a dog", "on the mat"]
     constraint = Constraint.choice(options)
-    word_engine.check_constraint(constraint, word_engine.fresh())
+    await word_engine.compile_constraint(constraint, word_engine.fresh())
     search = BeamSettings(beam_width=3, max_tokens=6, with_greedy=False)
-    hypotheses = await word_engine.beam(word_engine.fresh(), search, None, constraint).hypotheses()
+    hypotheses = await (await word_engine.beam(word_engine.fresh(), search, None, constraint)).hypotheses()
     scored = {}
     for option in options:
         ids = [*word_engine.tokenizer.encode(option).ids, word_engine.tokenizer.boundary_id]
@@ -270,7 +269,7 @@ async def test_a_dead_end_ends_with_length_and_the_exact_state(char_engine: Engi
     """After "ab" the choice needs "@", which the vocabulary lacks: the text stops there, a valid prefix."""
     prompt = char_engine.tokenizer.encode("the ").ids
     settings = GenerationSettings(max_tokens=10, constraint=Constraint.choice(["ab@"]), stop=stop)
-    async with char_engine.generate(char_engine.fresh(), settings, prompt) as generation:
+    async with await char_engine.generate(char_engine.fresh(), settings, prompt) as generation:
         events, result = await generation.collect()
     assert "".join(event.text for event in events) == "ab" and result.finish_reason == "length"
     fed = await char_engine.feed(char_engine.fresh(), char_engine.tokenizer.encode("the ab").ids)
