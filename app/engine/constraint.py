@@ -30,6 +30,16 @@ vocabulary (never allowed, as the mask is cut to the vocabulary): llguidance ass
 every forced byte string can be tokenized, which a word vocabulary cannot do alone,
 and they are how a separator is fed.
 
+What the vocabulary can spell. llguidance allows a token when the text after it is still
+a prefix of the language; it assumes that whatever the language needs next can be
+tokenized, which holds for a byte-level vocabulary with every byte, not for a char or a
+word one (a char model without "+" would be let into "C" of "C++" and find no token to
+go on with). So a `choice` keeps only the options the vocabulary can spell
+(`ConstraintVocabulary.spell`: a segmentation of the option into tokens of the view),
+and a regex, on a vocabulary of single characters, is intersected with what its alphabet
+spells (llguidance's lexer then knows that a prefix with no spellable end is dead). JSON
+schemas and grammars get no such pruning: their text stays a prefix of the language, and
+a row that no token can continue ends with "length".
 """
 
 from __future__ import annotations
@@ -108,15 +118,24 @@ class ConstraintLimits:
     cache_size: int = 256
 
 
-def _grammar(constraint: Constraint) -> str:
-    """llguidance's grammar for a constraint (not yet checked: the matcher does that)."""
-    if constraint.kind == "choice":
-        options = json.loads(constraint.text)
-        if not options:
-            raise constraint.error("choice needs at least one option")
-        return LLMatcher.grammar_from_lark("start: " + " | ".join(json.dumps(option) for option in options))
+def _grammar(constraint: Constraint, options: Sequence[str], alphabet: str | None) -> str:
+    """llguidance's grammar for a constraint (not yet checked: the matcher does that).
+
+    A choice is its spellable `options`; a regex on a vocabulary of single characters is
+    intersected with the strings of its `alphabet`.
+    """
+    if constraint.kind == "choice":  # one lexeme: the lexer takes any number of options (the parser, 2,000 a row)
+        return LLMatcher.grammar_from_lark("start: OPTION\nOPTION: " + " | ".join(json.dumps(o) for o in options))
     if constraint.kind == "regex":
-        return LLMatcher.grammar_from_regex(constraint.text)
+        grammar = LLMatcher.grammar_from_regex(constraint.text)
+        if alphabet is None:
+            return grammar
+        top = json.loads(grammar)
+        (inner,) = top["grammars"]
+        lexeme = inner["lark_grammar"].removeprefix("start: ")  # /the regex/, escaped for Lark
+        spellable = "".join(f"\\x{{{ord(char):x}}}" for char in alphabet)
+        inner = dict(inner, lark_grammar=f"start: CONSTRAINED\nCONSTRAINED: {lexeme} & /[{spellable}]*/")
+        return json.dumps({**top, "grammars": [inner]})
     if constraint.kind == "json":
         try:
             schema = json.loads(constraint.text)
@@ -166,6 +185,8 @@ class ConstraintVocabulary:
         self._lock = threading.Lock()
         self._view: LLTokenizer | None = None
         self._separator: bytes | None = b""  # what a token drops at a line start; None: not one for all
+        self._pieces: dict[bytes, int] = {}  # the view's bytes of each ordinary token (what `spell` segments into)
+        self._alphabet: str | None = None  # when every ordinary token is one character: those characters
         self._compiled: OrderedDict[tuple[str, str, bool], CompiledConstraint] = OrderedDict()
         # llguidance drops the GIL while it computes a mask, so this thread overlaps the model's next forward.
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rnnlm-masks")
@@ -203,6 +224,10 @@ class ConstraintVocabulary:
         separator = prefixes.pop() if len(prefixes) == 1 else b"" if not prefixes else None
         pieces = iter(middles if separator is None else [start + separator for start in starts])
         tokens = [special_bytes[i] if i in special_bytes else next(pieces) for i in range(self.vocab_size)]
+        self._pieces = {piece: i for i, piece in reversed(list(enumerate(tokens))) if i not in special_bytes}
+        characters = [piece.decode("utf-8", errors="replace") for piece in self._pieces]
+        if separator == b"" and all(len(char) == 1 and char != "\ufffd" for char in characters):
+            self._alphabet = "".join(characters)
         tokens.extend(bytes([b]) for b in range(256))  # past the vocabulary: see the module's docstring
         view = LLTokenizer(TokenizerWrapper(_ByteView(tokens, self.end_id, sorted(special_bytes))))
         return view, separator
@@ -245,7 +270,9 @@ class ConstraintVocabulary:
                 "start there: give a prompt that does not end a line"
             )
         began = time.monotonic()
-        matcher = LLMatcher(view, _then(_grammar(constraint), separator or b""), log_level=0, limits=_parser_limits())
+        options = self._spellable_options(constraint, at_line_start) if constraint.kind == "choice" else ()
+        grammar = _grammar(constraint, [option for option, _ in options], self._alphabet)
+        matcher = LLMatcher(view, _then(grammar, separator or b""), log_level=0, limits=_parser_limits())
         if matcher.is_error():
             raise constraint.error(_first_line(matcher.get_error()))
         cannot_start = f"no token of this model's vocabulary can start text matching the {constraint.kind}"
@@ -261,13 +288,46 @@ class ConstraintVocabulary:
             raise constraint.error(_first_line(matcher.get_error()))
         if not bool(mask.any()):
             raise constraint.error(cannot_start)
-        options = self._spelled_options(constraint) if constraint.kind == "choice" else ()
         return CompiledConstraint(constraint, matcher, at_line_start, options)
 
-    def _spelled_options(self, constraint: Constraint) -> tuple[tuple[str, tuple[int, ...]], ...]:
-        """A choice's options that the tokenizer encodes without `<unk>`, each with its ids."""
-        spelled = [(option, tuple(self.tokenizer.encode(option).ids)) for option in json.loads(constraint.text)]
-        return tuple((option, ids) for option, ids in spelled if ids and self.tokenizer.unk_id not in ids)
+    def _spellable_options(
+        self, constraint: Constraint, at_line_start: bool
+    ) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        """A choice's options that this vocabulary can spell, each with a spelling; ConstraintError if none."""
+        options = json.loads(constraint.text)
+        if not options:
+            raise constraint.error("choice needs at least one option")
+        spelled = [(option, self.spell(option, at_line_start)) for option in dict.fromkeys(options)]
+        kept = tuple((option, ids) for option, ids in spelled if ids is not None)
+        if not kept:
+            shown = ", ".join(json.dumps(option, ensure_ascii=False) for option in list(dict.fromkeys(options))[:5])
+            raise constraint.error(
+                "no token of this model's vocabulary can start text matching the choice: the vocabulary cannot "
+                f"spell any of its options ({shown}{', ...' if len(options) > 5 else ''}), each needs a character "
+                "or a word it lacks"
+            )
+        return kept
+
+    def spell(self, text: str, at_line_start: bool) -> tuple[int, ...] | None:
+        """Token ids whose view bytes are `text` followed by the separator (where the text starts), or None.
+
+        The tokenizer's own encoding when it spells the text so, else the first
+        segmentation into the view's tokens found (longest token first).
+        """
+        self.view()
+        separator = self._separator or b""
+        target = text.encode("utf-8") + separator
+        if separator and not at_line_start:  # the matcher is fed the separator first
+            if not target.startswith(separator):
+                return None
+            target = target[len(separator) :]
+        if not target:
+            return None
+        ids = self.tokenizer.encode(text).ids
+        pieces = {i: piece for piece, i in self._pieces.items()}
+        if ids and all(i in pieces for i in ids) and b"".join(pieces[i] for i in ids) == target:
+            return tuple(ids)
+        return _segment(target, self._pieces)
 
     # ---- the worker's side --------------------------------------------------------------
 
@@ -323,6 +383,27 @@ class _ByteView:
                     at += length
                     break
         return ids
+
+
+def _segment(target: bytes, pieces: dict[bytes, int]) -> tuple[int, ...] | None:
+    """A segmentation of `target` into `pieces` (bytes -> token id), longest piece first; None if there is none."""
+    longest = max(map(len, pieces), default=0)
+    reached: dict[int, tuple[int, int]] = {0: (-1, -1)}  # end position -> (start position, token id)
+    for at in range(len(target)):
+        if at not in reached:
+            continue
+        for length in range(min(longest, len(target) - at), 0, -1):
+            token_id = pieces.get(target[at : at + length])
+            if token_id is not None and at + length not in reached:
+                reached[at + length] = (at, token_id)
+    if len(target) not in reached:
+        return None
+    ids: list[int] = []
+    at = len(target)
+    while at:
+        at, token_id = reached[at]
+        ids.append(token_id)
+    return tuple(reversed(ids))
 
 
 def _first_line(message: str) -> str:

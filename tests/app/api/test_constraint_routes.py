@@ -228,6 +228,7 @@ async def test_the_openai_sdk_sends_response_format(json_client: httpx.AsyncClie
         ({"guided_grammar": "start: missing_rule"}, "guided_grammar", "missing_rule"),
         ({"model": "word", "guided_regex": " [0-9]+"}, "guided_regex", "no token of this model's vocabulary can start"),
         ({"model": "word", "prompt": "", "guided_choice": ["zebra"]}, "guided_choice", "no token"),
+        ({"guided_choice": ["c++", "c#"]}, "guided_choice", 'cannot spell any of its options ("c++", "c#")'),
     ],
 )
 async def test_an_unusable_constraint_is_a_422_naming_it(

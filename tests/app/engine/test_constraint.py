@@ -19,7 +19,7 @@ from model.beam_search import BeamSettings
 from model.checkpoint import Checkpoint
 from model.sampling import SamplingParams
 from model.tokenizer import EOS, UNK, CharTokenizer, Tokenizer, WordTokenizer
-from tests.factories import char_tokenizer, tiny_model, word_tokenizer
+from tests.factories import char_tokenizer, subword_tokenizer, tiny_model, word_tokenizer
 from tests.helpers import JSON_TEXT, PERSON
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -266,9 +266,12 @@ async def test_a_word_is_allowed_only_where_the_text_can_go_on_after_it() -> Non
 
 @pytest.mark.parametrize("stop", [(), ("zz",)])  # masks computed while the next forward runs, or at once
 async def test_a_dead_end_ends_with_length_and_the_exact_state(char_engine: Engine, stop: tuple[str, ...]) -> None:
-    """After "ab" the choice needs "@", which the vocabulary lacks: the text stops there, a valid prefix."""
+    """After "ab" the grammar needs "@", which the vocabulary lacks: the text stops there, a valid prefix.
+
+    (A grammar can still dead-end: only a choice's options and a regex are pruned to what the vocabulary spells.)
+    """
     prompt = char_engine.tokenizer.encode("the ").ids
-    settings = GenerationSettings(max_tokens=10, constraint=Constraint.choice(["ab@"]), stop=stop)
+    settings = GenerationSettings(max_tokens=10, constraint=Constraint("grammar", 'start: "ab@"'), stop=stop)
     async with await char_engine.generate(char_engine.fresh(), settings, prompt) as generation:
         events, result = await generation.collect()
     assert "".join(event.text for event in events) == "ab" and result.finish_reason == "length"
@@ -277,3 +280,83 @@ async def test_a_dead_end_ends_with_length_and_the_exact_state(char_engine: Engi
     after_generation = await char_engine.next_token(result.end)
     after_feeding = await char_engine.next_token(fed.end)
     torch.testing.assert_close(after_generation.logprobs, after_feeding.logprobs, rtol=1e-5, atol=1e-5)
+
+
+LANGUAGES = ["Python", "Java", "JavaScript", "C++", "C#"]
+
+
+@pytest.fixture
+async def languages_engine() -> AsyncIterator[Engine]:
+    """A char model that can spell "Python", "Java", "JavaScript" and "C", but has no "+" or "#"."""
+    engine = start_engine(CharTokenizer.build("Python Java JavaScript C Go\nthe quick brown fox\n"), rows=200)
+    yield engine
+    engine.close()
+
+
+@pytest.mark.parametrize("prompt", ["", "the "])
+async def test_a_choice_never_enters_an_option_the_vocabulary_cannot_spell(
+    languages_engine: Engine, prompt: str
+) -> None:
+    """Without "+" and "#", "C" would be a dead end: 200 seeded choices at temperature 1 are all spellable options."""
+    out = await texts(languages_engine, Constraint.choice(LANGUAGES), prompt, n=200, max_tokens=20)
+    assert len(out) == 200
+    for text, result in out:
+        assert text in ("Python", "Java", "JavaScript"), text
+        assert result.finish_reason == "stop"
+    assert {text for text, _ in out} == {"Python", "Java", "JavaScript"}  # each still drawn
+
+
+async def test_a_regex_never_enters_an_alternative_the_vocabulary_cannot_spell(languages_engine: Engine) -> None:
+    """On a vocabulary of characters the regex is intersected with what the alphabet spells."""
+    pattern = r"(Python|Java|JavaScript|C\+\+|C#)( or (Python|Java|C\+\+|C#))?"
+    out = await texts(languages_engine, Constraint("regex", pattern), n=200, max_tokens=40)
+    for text, result in out:
+        assert result.finish_reason == "stop"
+        assert re.fullmatch(pattern, text) and "C" not in text, text
+
+
+async def test_a_greedy_choice_spells_the_likeliest_option_it_can(languages_engine: Engine) -> None:
+    """Greedy ranks only the spellable options (as /v1/score would: the option, then the line end)."""
+    engine = languages_engine
+    scored = {}
+    for option in ("Python", "Java", "JavaScript"):
+        ids = [*engine.tokenizer.encode(option).ids, engine.tokenizer.boundary_id]
+        scored[option] = sum((await engine.feed(engine.fresh(), ids)).logprobs[:-1])
+    greedy = SamplingParams(temperature=0)
+    out = await texts(engine, Constraint.choice(LANGUAGES), n=3, sampling=greedy)
+    assert [text for text, _ in out] == [max(scored, key=lambda option: scored[option])] * 3
+
+
+async def test_a_choice_it_cannot_spell_at_all_is_refused_saying_why(languages_engine: Engine) -> None:
+    with pytest.raises(ConstraintError, match=r'cannot spell any of its options \("C\+\+", "C#"\)'):
+        await languages_engine.compile_constraint(Constraint.choice(["C++", "C#"]), languages_engine.fresh())
+
+
+async def test_a_word_choice_drops_the_options_with_a_word_it_lacks(word_engine: Engine) -> None:
+    """There is no word for "zebra": "the" would be a dead end, so it is never entered."""
+    options = ["the zebra", "a dog", "on the mat"]
+    out = await texts(word_engine, Constraint.choice(options), n=100)
+    assert {text for text, _ in out} == {"a dog", "on the mat"}
+    assert all(result.finish_reason == "stop" for _, result in out)
+
+
+async def test_a_subword_choice_keeps_every_option_its_bytes_spell() -> None:
+    """A byte-level vocabulary spells anything: "C++" stays an option and comes out whole."""
+    engine = start_engine(subword_tokenizer(), rows=100)
+    try:
+        out = await texts(engine, Constraint.choice(LANGUAGES), n=100, max_tokens=20)
+    finally:
+        engine.close()
+    assert {text for text, _ in out} <= set(LANGUAGES)
+    assert all(result.finish_reason == "stop" for _, result in out)
+    assert "C++" in {text for text, _ in out}
+
+
+def test_a_choice_of_thousands_of_options_is_one_lexeme() -> None:
+    """llguidance's parser holds at most 2,000 items a row: 5,000 options as rules failed at the first token."""
+    vocabulary = ConstraintVocabulary(char_tokenizer())
+    options = [f"{a}{b}{c}" for a in "abcdefghij" for b in "abcdefghij" for c in "abcdefghijklmnopqrstuvwxy"][:5000]
+    matcher = vocabulary.compile(Constraint.choice(options), at_line_start=True).matcher
+    tokenizer = char_tokenizer()
+    assert matcher.consume_tokens(tokenizer.encode("bcd").ids), matcher.get_error()
+    assert vocabulary.masks([matcher])[0][tokenizer.boundary_id]
