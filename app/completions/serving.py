@@ -124,8 +124,7 @@ def _prompt(settings: Settings, tokenizer: Tokenizer, raw: str | list[int], inde
         check_text(settings, raw, f"prompt[{index}]")
         encoding = tokenizer.encode(raw)
         ids, text = encoding.ids, raw
-        # A subword text is its tokens' bytes (NFC): offsets by characters, not by finding surfaces.
-        offsets = tokenizer.text_offsets(ids) if tokenizer.kind == "subword" else _offsets_in(raw, encoding.tokens)
+        offsets = tokenizer.source_offsets(raw, encoding)
     else:
         bad = [token for token in raw if not 0 <= token < tokenizer.vocab_size]
         if bad:
@@ -139,18 +138,6 @@ def _prompt(settings: Settings, tokenizer: Tokenizer, raw: str | list[int], inde
     if ids and ids[0] == tokenizer.boundary_id:
         return Prompt(text, ids[1:], True, offsets)
     return Prompt(text, ids, False, offsets)
-
-
-def _offsets_in(text: str, surfaces: list[str]) -> list[int]:
-    """Where each token starts in the text as sent (found left to right; normalised text may differ)."""
-    offsets, position = [], 0
-    for surface in surfaces:
-        found = text.find("\n" if surface == "<eos>" else surface, position)
-        if found < 0:  # NFC or lower-casing changed the surface form: keep the running position
-            found = position
-        offsets.append(found)
-        position = found + len(surface)
-    return offsets
 
 
 # ---- whole answers ----------------------------------------------------------------------
