@@ -45,13 +45,14 @@ a row that no token can continue ends with "length".
 from __future__ import annotations
 
 import json
+import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import llguidance
 import torch
@@ -62,6 +63,14 @@ from app.errors import ConstraintError
 from model.tokenizer import Tokenizer
 
 ConstraintKind = Literal["regex", "choice", "json", "grammar"]
+
+T = TypeVar("T")
+
+# llguidance's grammar analysis recurses as deep as a grammar nests: a chain of 2,900 nested rules (64,503 bytes,
+# under the default size bound) overflowed a default 8 MB thread stack and killed the process. Compiles run on
+# threads of their own with this stack (address space, reserved lazily), about 30 times that depth.
+COMPILE_STACK_BYTES = 256 * 2**20
+COMPILE_THREADS = 2  # per model: compiles at once (a third waits for one)
 
 
 # llguidance's own effort bounds (its fuel is work, so these bound time on any machine):
@@ -190,6 +199,7 @@ class ConstraintVocabulary:
         self._compiled: OrderedDict[tuple[str, str, bool], CompiledConstraint] = OrderedDict()
         # llguidance drops the GIL while it computes a mask, so this thread overlaps the model's next forward.
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rnnlm-masks")
+        self._compiling = _DeepStackThreads(COMPILE_THREADS, "rnnlm-compile")
 
     # ---- the byte view ------------------------------------------------------------------
 
@@ -234,11 +244,15 @@ class ConstraintVocabulary:
 
     # ---- compiling ----------------------------------------------------------------------
 
+    def compile_later(self, constraint: Constraint, at_line_start: bool) -> Future[CompiledConstraint]:
+        """`compile` on a compile thread (a deep stack; llguidance drops the GIL while it compiles)."""
+        return self._compiling.submit(self.compile, constraint, at_line_start)
+
     def compile(self, constraint: Constraint, at_line_start: bool) -> CompiledConstraint:
         """`constraint` compiled, with a matcher of its own (cached by its text); ConstraintError if it cannot be used.
 
-        Slow for a large constraint (bounded by the limits): the engine calls it on a
-        thread of its own (llguidance drops the GIL while it compiles).
+        Slow for a large constraint (bounded by the limits): the engine calls it through
+        `compile_later`, never on the event loop or the worker.
         """
         key = (constraint.kind, constraint.text, at_line_start)
         with self._lock:
@@ -337,6 +351,7 @@ class ConstraintVocabulary:
 
     def close(self) -> None:
         self._background.shutdown(wait=False, cancel_futures=True)
+        self._compiling.close()
 
     def masks(self, matchers: list[LLMatcher], device: torch.device | None = None) -> Tensor:
         """(len(matchers), V) bool on `device`: the tokens each matcher allows next (`<unk>` never)."""
@@ -354,6 +369,47 @@ class ConstraintVocabulary:
         if self.tokenizer.unk_id is not None:
             allowed[:, self.tokenizer.unk_id] = False
         return allowed
+
+
+class _DeepStackThreads:
+    """A few daemon threads with COMPILE_STACK_BYTES of stack (started on first use) that run what is submitted."""
+
+    def __init__(self, count: int, name: str) -> None:
+        self._count = count
+        self._name = name
+        self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._lock = threading.Lock()
+        self._started = False
+
+    def submit(self, function: Callable[..., T], *args: Any) -> Future[T]:
+        future: Future[T] = Future()
+        with self._lock:
+            if not self._started:
+                previous = threading.stack_size(COMPILE_STACK_BYTES)
+                try:
+                    for i in range(self._count):
+                        threading.Thread(target=self._run, name=f"{self._name}-{i}", daemon=True).start()
+                finally:
+                    threading.stack_size(previous)
+                self._started = True
+        self._jobs.put((future, function, args))
+        return future
+
+    def close(self) -> None:
+        for _ in range(self._count):
+            self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, function, args = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(function(*args))
+            except BaseException as exc:  # the caller gets it (a ConstraintError, or a bug)
+                future.set_exception(exc)
 
 
 class _ByteView:

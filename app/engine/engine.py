@@ -115,7 +115,7 @@ class Engine:
     async def compile_constraint(
         self, constraint: Constraint, start: SequenceState, ids: list[int] | None = None
     ) -> CompiledConstraint:
-        """`constraint` compiled for a text after `start` and `ids`, once, on a thread (never the event loop).
+        """`constraint` compiled for a text after `start` and `ids`, once, on a compile thread (never the event loop).
 
         Raises ConstraintError (422) when it is invalid, over a bound (its size, or its
         compile time: llguidance's fuel limits bound it) or cannot start with this
@@ -124,7 +124,7 @@ class Engine:
         """
         pending = ids[-1] if ids else start.pending
         at_line_start = pending == self.tokenizer.boundary_id
-        return await asyncio.to_thread(self.scheduler.constraints.compile, constraint, at_line_start)
+        return await asyncio.wrap_future(self.scheduler.constraints.compile_later(constraint, at_line_start))
 
     async def beam(
         self,

@@ -360,3 +360,15 @@ def test_a_choice_of_thousands_of_options_is_one_lexeme() -> None:
     tokenizer = char_tokenizer()
     assert matcher.consume_tokens(tokenizer.encode("bcd").ids), matcher.get_error()
     assert vocabulary.masks([matcher])[0][tokenizer.boundary_id]
+
+
+async def test_a_deeply_nested_grammar_under_the_size_bound_compiles(char_engine: Engine) -> None:
+    """2,900 nested rules (64,503 bytes, under the 65,536 bound) overflowed a default 8 MB thread stack in llguidance
+    and killed the process; compiles run on threads with a deeper one."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    rules = ["start: r0", *(f'r{i}: "{letters[i % 26]}" r{i + 1} | "{letters[(i + 7) % 26]}"' for i in range(2900))]
+    grammar = "\n".join([*rules, 'r2900: "a"'])
+    assert 60_000 < len(grammar.encode()) < Settings().max_constraint_bytes
+    compiled = await char_engine.compile_constraint(Constraint("grammar", grammar), char_engine.fresh())
+    assert compiled.matcher.consume_tokens(char_engine.tokenizer.encode("abj").ids)  # "a" r1, "b" r2, then r2's "j"
+    assert compiled.matcher.is_accepting()
