@@ -108,7 +108,7 @@ def live_server(models: Path, env_overrides: dict[str, str]) -> Iterator[str]:
 def mask_cost_ms(tokenizer: Tokenizer, regex: str, rows: int, steps: int) -> float:
     """Median milliseconds for one tick's masks of `rows` rows under `regex` (llguidance, as the engine computes them)."""
     vocabulary = ConstraintVocabulary(tokenizer)
-    matchers = [vocabulary.compile(Constraint("regex", regex), at_line_start=True) for _ in range(rows)]
+    matchers = [vocabulary.compile(Constraint("regex", regex), at_line_start=True).matcher for _ in range(rows)]
     rng = random.Random(0)
     times = []
     for _ in range(steps):

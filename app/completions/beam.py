@@ -75,7 +75,8 @@ async def complete_with_beams(
                 allow_unk=request.allow_unk,
                 answers=request.n,  # n answers: the search ends early only when n finished ones cannot be beaten
             )
-            searches.append((beam, engine.beam(engine.fresh(), beam, prompt.ids, plan.constraint, request.priority)))
+            run = await engine.beam(engine.fresh(), beam, prompt.ids, plan.constraint, request.priority)
+            searches.append((beam, run))
         found = await asyncio.gather(*(run.hypotheses() for _, run in searches))
     finally:
         for _, run in searches:

@@ -27,7 +27,7 @@ async def completions(
     body: CompletionRequest, models: ModelsDep, settings: SettingsDep, request: Request
 ) -> CompletionResponse | EventSourceResponse:
     if body.stream:
-        generation, renderer = stream.start_stream(models, settings, body)  # admission (429) before the stream opens
+        generation, renderer = await stream.start_stream(models, settings, body)  # admission (429) before it opens
         return event_source(generation, renderer)
     answer = beam.complete_with_beams if body.use_beam_search else serving.complete
     return await unless_client_leaves(request, answer(models, settings, body))

@@ -268,8 +268,7 @@ def _prompt(
         check_text(settings, raw, f"prompt[{index}]")
         encoding = tokenizer.encode(raw)
         ids, text = encoding.ids, raw
-        # A subword text is its tokens' bytes (NFC): offsets by characters, not by finding surfaces.
-        offsets = tokenizer.text_offsets(ids) if tokenizer.kind == "subword" else _offsets_in(raw, encoding.tokens)
+        offsets = tokenizer.source_offsets(raw, encoding)
     else:
         _vocabulary_ids(tokenizer, raw, "prompt", f"prompt[{index}]")
         check_count(len(raw), settings.max_text_chars, f"tokens in prompt[{index}]", "max_text_chars")
@@ -282,18 +281,6 @@ def _prompt(
     if ids and ids[0] == tokenizer.boundary_id:
         return Prompt(text, ids[1:], True, offsets)
     return Prompt(text, ids, False, offsets)
-
-
-def _offsets_in(text: str, surfaces: list[str]) -> list[int]:
-    """Where each token starts in the text as sent (found left to right; normalised text may differ)."""
-    offsets, position = [], 0
-    for surface in surfaces:
-        found = text.find("\n" if surface == "<eos>" else surface, position)
-        if found < 0:  # NFC or lower-casing changed the surface form: keep the running position
-            found = position
-        offsets.append(found)
-        position = found + len(surface)
-    return offsets
 
 
 # ---- whole answers ----------------------------------------------------------------------
@@ -335,7 +322,7 @@ async def complete(models: ModelRegistry, settings: Settings, request: Completio
         for index, prompt in enumerate(prepared.prompts):
             length, head = starts[index]
             generations.append(
-                engine.generate(
+                await engine.generate(
                     head.end,
                     prepared.plans[index],
                     prompt.ids[length:],

@@ -31,7 +31,7 @@ from app.models.registry import ModelRegistry
 from app.settings import Settings
 
 
-def start_stream(
+async def start_stream(
     models: ModelRegistry, settings: Settings, request: CompletionRequest
 ) -> tuple[Running, CompletionStream]:
     """Check the request and admit every prompt's n choices (EngineBusy when full), before the stream opens."""
@@ -44,7 +44,7 @@ def start_stream(
     try:
         for plan, prompt in zip(prepared.plans, prepared.prompts, strict=True):
             generations.append(
-                engine.generate(engine.fresh(), plan, prompt.ids, n=request.n, priority=request.priority)
+                await engine.generate(engine.fresh(), plan, prompt.ids, n=request.n, priority=request.priority)
             )
     except BaseException:
         for generation in generations:  # a refusal of one: none of them runs

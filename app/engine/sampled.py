@@ -8,34 +8,39 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
-from concurrent.futures import Future
+from collections.abc import AsyncIterator, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Protocol
 
 import torch
-from llguidance import LLMatcher
 from torch import Tensor
 from typing_extensions import Self
 
-import app.engine.constrained as constrained
+from app.engine.constraint import CompiledConstraint
 from app.engine.job import Job, Row, Worker
 from app.engine.output import Released, TextOutput
+from app.engine.row_constraint import RowConstraint, likeliest_spelling
 from app.engine.types import FinishReason, GenerationResult, GenerationSettings, TokenEvent, finite
-from app.errors import ConstraintError
 from model.network import State, state_tensors
 from model.sampling import SamplerInputs, random_seed, sample
 
 
 class GenerateJob(Job):
-    """Feed a prompt once, then fork its state into n sampled rows; choice i draws from seed + i."""
+    """Feed a prompt once, then fork its state into n sampled rows; choice i draws from seed + i.
 
-    def __init__(self, settings: GenerationSettings, n: int, **job: Any) -> None:
+    A constrained job comes `compiled` (before admission, off the event loop); each row
+    owns a RowConstraint forked from it.
+    """
+
+    def __init__(
+        self, settings: GenerationSettings, n: int, compiled: CompiledConstraint | None = None, **job: Any
+    ) -> None:
         super().__init__(**job)
         self.settings = settings
         self.n = n
         self.cost = n
         self.open_choices = n
+        self.compiled = compiled
 
     def start(self, worker: Worker) -> None:
         if self.settings.max_tokens <= 0:  # echo-only scoring
@@ -47,24 +52,17 @@ class GenerateJob(Job):
                 )
                 worker.deliver(self, result)
             return
-        constraint = self.settings.constraint
-        try:
-            at_line_start = self.pending == worker.tokenizer.boundary_id
-            if constraint is not None and constraint.kind == "choice" and self.settings.sampling.temperature == 0:
-                constraint = constrained.likeliest_choice(worker, self.state, self.pending, constraint, at_line_start)
-            matchers = (
-                [worker.constraints.compile(constraint, at_line_start) for _ in range(self.n)] if constraint else []
-            )
-        except ConstraintError as exc:  # checked before admission; only a cache eviction compiles it again here
-            worker.finish(self)
-            worker.deliver(self, exc)
-            return
+        compiled = self.compiled
+        spelling = None
+        if compiled is not None and compiled.options and self.settings.sampling.temperature == 0:
+            spelling = likeliest_spelling(worker.model, self.state, self.pending, compiled)
         seed = self.settings.seed if self.settings.seed is not None else random_seed()
         start = state_tensors(self.state)
         unk_id = worker.tokenizer.unk_id
         for choice in range(self.n):
             row = SampledRow(self, choice, (seed + choice) % 2**64, worker, unk_id)
-            row.matcher = matchers[choice] if matchers else None
+            if compiled is not None:
+                row.constraint = RowConstraint.of(compiled, worker.constraints, spelling)
             self.rows.append(row)
             worker.pool.add(row, start, self.pending, self.settings.history if row.uses_history else None)
 
@@ -108,11 +106,7 @@ class SampledRow(Row):
         if settings.allowed_ids is not None:
             self.only = torch.zeros(worker.tokenizer.vocab_size, dtype=torch.bool, device=worker.device)
             self.only[list(settings.allowed_ids)] = True
-        # A constrained row: its matcher, and the tokens it allows next (V,) bool on the device, once computed.
-        self.matcher: LLMatcher | None = None
-        self.allowed: Tensor | None = None
-        self.coming: tuple[Future[Tensor], int] | None = None  # its next mask, being computed (row i of the future's)
-        self.before: tuple[list[Tensor], int] | None = None  # its state before its last token (row i of those)
+        self.constraint: RowConstraint | None = None  # a constrained row's matcher and masks
 
     def banned(self) -> list[int]:
         """What this row may not draw now: <unk>, the end before min_tokens, and (inside a character
@@ -122,7 +116,7 @@ class SampledRow(Row):
             banned = [*banned, *self.output.tokenizer.invalid_after(self.output.pending_bytes)]
         if self.bad_sequences:
             banned = [*banned, *self._bad_word_ends()]
-        if self.matcher is not None:  # the constraint decides where the text ends
+        if self.constraint is not None:  # the constraint decides where the text ends
             return banned
         return [*banned, *self.ends] if len(self.generated) < self.settings.min_tokens else banned
 
@@ -138,12 +132,6 @@ class SampledRow(Row):
                 found.append(words[-1])
         return found
 
-    def mask(self) -> Tensor | None:
-        """The tokens it may draw now (V,) bool, when not all: its constraint's and allowed_token_ids'."""
-        if self.only is None:
-            return self.allowed
-        return self.only if self.allowed is None else self.allowed & self.only
-
     @classmethod
     def step(cls, worker: Worker, rows: list[Self], logits: Tensor) -> None:
         """Sample every row at once and hand each token to its request.
@@ -152,19 +140,25 @@ class SampledRow(Row):
         the sampler (the log-probabilities reported stay the model's own), so constrained
         and free rows share one forward and one sampler call.
         """
-        waiting = [row for row in rows if row.matcher is not None and row.allowed is None]
-        ended = constrained.receive(worker, waiting) if waiting else []
-        if ended:
-            live = [i for i, row in enumerate(rows) if row not in ended]
-            rows, logits = [rows[i] for i in live], logits[live]
-            if not rows:
-                return
+        vocabulary, device = worker.constraints, worker.device
+        waiting = [row for row in rows if row.constraint is not None and row.constraint.allowed is None]
+        if waiting:
+            ended = []
+            for row, ok in zip(waiting, RowConstraint.receive(vocabulary, _constraints(waiting), device), strict=True):
+                if not ok:  # a dead end (after a first step, only a bug: the compile checked the first mask)
+                    assert row.constraint is not None
+                    row.finish(worker, row.output.end(None, "length"), row.constraint.state_before())
+                    ended.append(row)
+            if ended:
+                live = [i for i, row in enumerate(rows) if row not in ended]
+                rows, logits = [rows[i] for i in live], logits[live]
+                if not rows:
+                    return
         masked = logits
-        masks = [row.mask() for row in rows]
-        masked_rows = [i for i, mask in enumerate(masks) if mask is not None]
+        masked_rows = [i for i, row in enumerate(rows) if row.constraint is not None or row.only is not None]
         if masked_rows:
             positions = torch.tensor(masked_rows, device=logits.device)
-            allowed = torch.stack([mask for mask in masks if mask is not None])  # (C, V)
+            allowed = _masks([rows[i] for i in masked_rows])  # (C, V)
             masked = logits.index_put((positions,), logits[positions].masked_fill(~allowed, -math.inf))
         pool = worker.pool
         index = torch.tensor([row.slot for row in rows], device=logits.device)
@@ -191,18 +185,32 @@ class SampledRow(Row):
             values, indices = torch.topk(raw, min(wanted, raw.shape[1]), dim=-1)
             top_values, top_ids = values.tolist(), indices.tolist()
         tokens = ids.tolist()
-        ends, going = constrained.advance(worker, rows, tokens)
+        ends: dict[Self, FinishReason] = {}
+        going: list[Self] = []  # constrained rows whose text goes on
+        for row, token_id in zip(rows, tokens, strict=True):
+            if row.constraint is not None:
+                end = row.constraint.consume(token_id)
+                if end is not None:
+                    ends[row] = end
+                else:
+                    going.append(row)
         # A row whose output may hold text back (stop strings) gets its next mask now, so that a dead end can
         # still end it with this token and release that text; the others' masks are computed while the next
-        # forward runs (`allowed_later`, once the tokens are handed over).
-        for row in constrained.allowed_now(worker, [row for row in going if row.output.holds_back]):
-            ends[row] = "length"
+        # forward runs (once the tokens are handed over).
+        now = [row for row in going if row.output.holds_back]
+        for row, ok in zip(now, RowConstraint.compute_now(vocabulary, _constraints(now), device), strict=True):
+            if not ok:
+                ends[row] = "length"
         for i, (row, token_id) in enumerate(zip(rows, tokens, strict=True)):
             count = row.settings.top_logprobs
             top = list(zip(top_ids[i][:count], map(finite, top_values[i][:count]), strict=True))
             row.emit(worker, token_id, chosen[i], top, ends.get(row))
         worker.hooks.on_tokens(len(rows))
-        constrained.allowed_later(worker, [row for row in going if not row.output.holds_back and row.slot >= 0])
+        later = [row for row in going if not row.output.holds_back and row.slot >= 0]
+        if later:
+            slots = torch.tensor([row.slot for row in later], device=device)
+            before = [tensor[:, slots] for tensor in pool.tensors]  # copies, (layers, R, hidden) each
+            RowConstraint.compute_later(vocabulary, _constraints(later), before)
 
     def emit(
         self, worker: Worker, token_id: int, logprob: float, top: list[tuple[int, float]], end: FinishReason | None
@@ -212,10 +220,10 @@ class SampledRow(Row):
         A constrained row's end token adds no text; `end` is how its constraint ends it here.
         """
         self.generated.append(token_id)
-        if self.matcher is not None and token_id == worker.constraints.end_id:
+        if self.constraint is not None and token_id == self.constraint.end_id:
             released = self.output.end(token_id, "stop")
         else:
-            released = self.output.push(token_id, self.settings.eos_id if self.matcher is None else None, end)
+            released = self.output.push(token_id, self.settings.eos_id if self.constraint is None else None, end)
         stop_reason = self.output.stop_reason if released.finish is not None else None
         event = TokenEvent(
             token_id, released.piece, released.text, finite(logprob), top, self.choice, released.finish, stop_reason
@@ -248,6 +256,24 @@ class SampledRow(Row):
                 cached=job.cached,
             ),
         )
+
+
+def _constraints(rows: Sequence[SampledRow]) -> list[RowConstraint]:
+    return [row.constraint for row in rows if row.constraint is not None]
+
+
+def _masks(rows: Sequence[SampledRow]) -> Tensor:
+    """What each row may draw (R, V) bool: its constraint's mask and its allowed_token_ids, where it has them."""
+    constraints = _constraints(rows)
+    constrained: Iterator[Tensor] = iter(RowConstraint.allowed_of(constraints) if constraints else [])
+    masks = []
+    for row in rows:
+        mask = next(constrained) if row.constraint is not None else None
+        if row.only is not None:
+            mask = row.only if mask is None else mask & row.only
+        assert mask is not None  # only rows with a constraint or allowed_token_ids are masked
+        masks.append(mask)
+    return torch.stack(masks)
 
 
 class Cancellable(Protocol):
