@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     for module in (models, tokenizer, generate, score, fill, completions, sessions):  # the API: a key when keys are set
         app.include_router(module.router, dependencies=[Depends(authenticate)], responses=ERROR_RESPONSES)
+    app.include_router(completions.invocations_router, dependencies=[Depends(authenticate)], responses=ERROR_RESPONSES)
     # /health, /ready and the page stay open; /info and /metrics check keys; the chat refusal tells nothing.
     for module in (system, playground, chat):
         app.include_router(module.router)

@@ -41,6 +41,7 @@ class BeamSettings:
     keep_prefixes: bool = False
     with_greedy: bool = True
     allow_unk: bool = False  # the serving engine bans the unknown token unless this is set
+    answers: int = 1  # the search stops early only once this many finished hypotheses beat every live row
 
 
 @dataclass(frozen=True)
@@ -144,11 +145,12 @@ class BeamSearch:
         return rows + greedy_next
 
     def _cannot_improve(self, greedy_next: list[tuple[int, int]]) -> bool:
-        """No live row can beat the best finished hypothesis any more (log-probabilities only fall)."""
-        if not self.finished:
-            return False
+        """No live row can beat the `answers` best finished hypotheses any more (log-probabilities only fall)."""
         length_penalty = self.settings.length_penalty
-        best = max(h.score(length_penalty) for h in self.finished)
+        scores = sorted({tuple(h.ids): h.score(length_penalty) for h in self.finished}.values(), reverse=True)
+        if len(scores) < self.settings.answers:
+            return False
+        best = scores[self.settings.answers - 1]
         live = [math.fsum(lps) for lps in self.beam_logprobs]
         if greedy_next:
             live.append(math.fsum(self.greedy_logprobs))

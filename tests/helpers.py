@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import uvicorn
 from fastapi import FastAPI
@@ -67,6 +68,18 @@ async def wait_until(
             return
         assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
         await asyncio.sleep(interval)
+
+
+def openai_sdk(client: httpx.AsyncClient) -> openai.AsyncOpenAI:
+    """The real `openai` SDK (async) on an in-process app, through the client's ASGI transport."""
+    transport = client._transport  # the app's ASGI transport
+    return openai.AsyncOpenAI(
+        base_url="http://test/v1",
+        api_key="unused",
+        max_retries=0,
+        # the SDK's stubs name its own vendored httpx; at run time it takes this one
+        http_client=httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30),  # type: ignore[arg-type]
+    )
 
 
 # Server-Sent Events

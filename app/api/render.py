@@ -9,7 +9,11 @@ the HTTP side).
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, Protocol
 
 from app.engine import Generation, GenerationResult, TokenEvent
@@ -50,3 +54,83 @@ class StreamRenderer(Protocol):
 
     def error(self, body: dict[str, Any]) -> Event:
         """An error event carrying `body` (a JSON error's): the stream is open, so no status code can say it."""
+
+
+class Running(Protocol):
+    """What a stream writer reads: a Generation, or several interleaved as one."""
+
+    @property
+    def n(self) -> int: ...
+
+    @property
+    def results(self) -> list[GenerationResult | None]: ...
+
+    async def __aenter__(self) -> Any: ...
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    def __aiter__(self) -> AsyncIterator[TokenEvent]: ...
+
+    def cancel(self) -> None: ...
+
+
+class Interleaved:
+    """Several admitted generations as one: their events as they come, choices numbered on (generation i's
+    choice c is `offsets[i] + c`), ended when all have ended, cancelled together."""
+
+    def __init__(self, generations: list[Generation]) -> None:
+        self.generations = generations
+        self.offsets = [sum(g.n for g in generations[:i]) for i in range(len(generations))]
+        self.n = sum(g.n for g in generations)
+
+    @property
+    def results(self) -> list[GenerationResult | None]:
+        return [
+            None if result is None else dataclasses.replace(result, choice=offset + result.choice)
+            for generation, offset in zip(self.generations, self.offsets, strict=True)
+            for result in generation.results
+        ]
+
+    async def __aenter__(self) -> Interleaved:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.cancel()
+
+    def __aiter__(self) -> AsyncIterator[TokenEvent]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[TokenEvent]:
+        queue: asyncio.Queue[tuple[int, TokenEvent | Exception | None]] = asyncio.Queue()
+
+        async def pump(index: int, generation: Generation) -> None:
+            try:
+                async for event in generation:
+                    queue.put_nowait((index, event))
+                queue.put_nowait((index, None))
+            except Exception as exc:  # the engine's error reaches the writer, which renders it
+                queue.put_nowait((index, exc))
+
+        tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(self.generations)]
+        try:
+            running = len(tasks)
+            while running:
+                index, item = await queue.get()
+                if item is None:
+                    running -= 1
+                elif isinstance(item, Exception):
+                    raise item
+                else:
+                    yield dataclasses.replace(item, choice=self.offsets[index] + item.choice)
+        finally:
+            for task in tasks:
+                task.cancel()
+            self.cancel()
+
+    def cancel(self) -> None:
+        for generation in self.generations:
+            generation.cancel()

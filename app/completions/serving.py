@@ -1,45 +1,44 @@
-"""OpenAI-compatible text completions: a plan per request, rendered whole or as OpenAI's stream.
+"""OpenAI-compatible text completions: a checked plan per request, and the whole answer.
 
 Prompts come as text or token ids. A prompt whose first token is the boundary token
 (the end of text that lm-evaluation-harness puts first) starts there: that token is the
-start of the line every sequence begins with, so it is not fed a second time and its
-log-probability is null, like OpenAI's first token; the rest then scores exactly as
-/v1/score scores the text. Any other first token gets its log-probability given the
-start of a line. `echo` with `logprobs` scores the prompt: each prompt token gets its
-log-probability and its `logprobs` most likely alternatives, from the same log-softmax
-row. Keys of `top_logprobs` are token strings as `tokens` has them.
+start of the line every sequence begins with, so it is not fed a second time. Any
+other first token is fed given the start of a line; either way, as OpenAI and vLLM
+answer, the first prompt token's logprob is null (app/completions/logprobs.py), and
+the rest score exactly as /v1/score scores the text.
 
 `n` choices (or `best_of`, of which the n likeliest per token are returned) feed their
 prompt once and fork its state; choice i draws from seed + i. Prompts of one request
 that share a prefix have it fed once (`share_prefixes`). Finish reason `eos` (a word
 model generated <eos>) is reported as OpenAI's `stop`. `suffix` fills the middle with
-the model's backward partner (/v1/fill).
+the model's backward partner (/v1/fill). `use_beam_search` is app/completions/beam.py, the stream
+app/completions/stream.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import dataclasses
 import math
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 from app.api.conversion import generation_settings
 from app.api.limits import check_count, check_logprobs, check_text
-from app.api.render import Choice, Event, collect
-from app.api.schemas import Usage
+from app.api.render import Choice, collect
+from app.completions import logprobs as rendered
 from app.completions.protocol import (
+    REFUSED,
     CompletionChoice,
     CompletionFinishReason,
-    CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
+    CompletionUsage,
 )
 from app.completions.shared_prefixes import prefix_groups
 from app.completions.suffix import check_suffix, fill_middle
-from app.engine import FeedResult, Generation, GenerationResult, GenerationSettings, TokenEvent, Top
+from app.engine import FeedResult, FinishReason, Generation, GenerationSettings, TokenEvent
 from app.errors import InvalidRequest
 from app.models.registry import ModelRegistry, ServedModel
 from app.settings import Settings
@@ -55,6 +54,10 @@ class Prompt:
     starts_at_boundary: bool
     offsets: list[int]  # where each token (the boundary included) starts in `text`
 
+    def given(self, boundary_id: int) -> list[int]:
+        """Its token ids as sent (after truncation): the boundary it started at included."""
+        return [boundary_id, *self.ids] if self.starts_at_boundary else self.ids
+
 
 @dataclass(frozen=True)
 class PreparedCompletion:
@@ -68,45 +71,184 @@ class PreparedCompletion:
     settings: Settings
 
     @property
-    def top(self) -> int:
-        """Alternatives wanted at every prompt position (echo scoring)."""
-        return (self.request.logprobs or 0) if self.prompt_logprobs else 0
+    def tokenizer(self) -> Tokenizer:
+        return self.served.checkpoint.tokenizer
+
+    @property
+    def spelling(self) -> rendered.Spelling:
+        return rendered.Spelling(self.tokenizer, self.request.return_tokens_as_token_ids)
+
+    @property
+    def echo_logprobs(self) -> bool:
+        return self.request.echo and self.request.logprobs is not None
 
     @property
     def prompt_logprobs(self) -> bool:
-        return self.request.echo and self.request.logprobs is not None
+        """Whether the prompt is scored (echo with logprobs, or vLLM's prompt_logprobs)."""
+        return self.echo_logprobs or self.request.prompt_logprobs is not None
+
+    @property
+    def top(self) -> int:
+        """Alternatives wanted at every prompt position."""
+        echo = (self.request.logprobs or 0) if self.echo_logprobs else 0
+        return max(echo, self.request.prompt_logprobs or 0)
 
     @property
     def sampled(self) -> int:
         return self.request.best_of or self.request.n
 
-    def usage(self, generated: int) -> Usage:
-        return Usage.of(sum(len(p.ids) + p.starts_at_boundary for p in self.prompts), generated)
+    @property
+    def fingerprint(self) -> str:
+        return f"rnnlm-{self.served.sha256[:16]}"
+
+    def prompt_tokens(self) -> int:
+        return sum(len(p.ids) + p.starts_at_boundary for p in self.prompts)
+
+    def usage(self, generated: int, cached: int = 0) -> CompletionUsage:
+        return CompletionUsage.counted(self.prompt_tokens(), generated, cached)
+
+    def response(self, choices: list[CompletionChoice], usage: CompletionUsage | None) -> CompletionResponse:
+        return CompletionResponse(
+            id=self.id,
+            created=self.created,
+            model=self.served.id,
+            system_fingerprint=self.fingerprint,
+            choices=choices,
+            usage=usage,
+        )
 
 
 def prepare_completion(models: ModelRegistry, settings: Settings, request: CompletionRequest) -> PreparedCompletion:
+    check_fields(request)
     served = models.get(request.model)
     tokenizer = served.checkpoint.tokenizer
-    prompts = [_prompt(settings, tokenizer, raw, index) for index, raw in enumerate(_raw_prompts(request.prompt))]
+    raw_prompts = _raw_prompts(request.prompt)
+    prompts = [_prompt(settings, tokenizer, raw, index, request) for index, raw in enumerate(raw_prompts)]
     check_count(len(prompts), settings.max_score_texts, "prompts", "max_score_texts")
     if request.best_of is not None and request.best_of < request.n:
         raise InvalidRequest(f"best_of={request.best_of} is less than n={request.n}", field="best_of")
     sampled = len(prompts) * (request.best_of or request.n)
     check_count(sampled, settings.max_active_sequences, "choices in all", "max_active_sequences")
     check_logprobs(settings, request.logprobs or 0)
+    if (request.prompt_logprobs or 0) > settings.max_logprobs:
+        raise InvalidRequest(
+            f"prompt_logprobs={request.prompt_logprobs} is more than max_logprobs={settings.max_logprobs}",
+            field="prompt_logprobs",
+            limit="max_logprobs",
+        )
     if request.stream:
-        if len(prompts) > 1:
-            raise InvalidRequest("stream needs a single prompt", field="stream")
         if request.best_of is not None and request.best_of > request.n:
             raise InvalidRequest("best_of > n cannot be streamed: the best are known only at the end", field="best_of")
         if request.echo and request.logprobs is not None:
             raise InvalidRequest("echo with logprobs (prompt scoring) is not streamed; send stream=false", field="echo")
+        if request.prompt_logprobs is not None:
+            raise InvalidRequest("prompt_logprobs are not streamed; send stream=false", field="prompt_logprobs")
     if request.suffix is not None:
         check_suffix(models, served, request, len(prompts), prompts[0].text)
-    plans = [generation_settings(settings, served, request, p.ids, request.min_tokens) for p in prompts]
-    return PreparedCompletion(
-        request, models, served, prompts, plans, f"cmpl-{uuid.uuid4().hex}", int(time.time()), settings
+    plans = [_plan(settings, served, request, prompt) for prompt in prompts]
+    request_id = f"cmpl-{request.request_id}" if request.request_id else f"cmpl-{uuid.uuid4().hex}"
+    return PreparedCompletion(request, models, served, prompts, plans, request_id, int(time.time()), settings)
+
+
+def check_fields(request: CompletionRequest) -> None:
+    """The fields this server cannot honour, each refused naming itself (400 on this route)."""
+    for name, (accepted, why) in REFUSED.items():
+        if not accepted(getattr(request, name)):
+            raise InvalidRequest(f"{name} is not supported: {why}", field=name)
+    options = request.stream_options
+    if options is not None and not request.stream:
+        raise InvalidRequest("stream_options is only allowed when stream is true", field="stream_options")
+    if options is not None and options.include_obfuscation:
+        raise InvalidRequest(
+            "stream_options.include_obfuscation is not supported: chunks are not padded",
+            field="stream_options.include_obfuscation",
+        )
+    if request.length_penalty != 1.0 and not request.use_beam_search:
+        raise InvalidRequest("length_penalty applies only with use_beam_search", field="length_penalty")
+
+
+def _plan(settings: Settings, served: ServedModel, request: CompletionRequest, prompt: Prompt) -> GenerationSettings:
+    """The shared sampling fields' settings, with vLLM's token-level fields on top."""
+    tokenizer = served.checkpoint.tokenizer
+    plan = generation_settings(settings, served, request, prompt.ids, request.min_tokens)
+    stop_ids = tuple(_vocabulary_ids(tokenizer, request.stop_token_ids, "stop_token_ids"))
+    if request.ignore_eos:
+        plan = dataclasses.replace(plan, eos_id=None)
+    allowed = None
+    bad_words = _bad_words(tokenizer, request.bad_words, request.allow_unk)
+    if request.allowed_token_ids is not None:
+        allowed = tuple(sorted(set(_vocabulary_ids(tokenizer, request.allowed_token_ids, "allowed_token_ids"))))
+        _check_allowed(tokenizer, request, plan, allowed, bad_words, stop_ids)
+    return dataclasses.replace(
+        plan,
+        stop_ids=stop_ids,
+        include_stop=request.include_stop_str_in_output,
+        allowed_ids=allowed,
+        bad_words=bad_words,
     )
+
+
+def _vocabulary_ids(tokenizer: Tokenizer, ids: list[int], field: str, where: str | None = None) -> list[int]:
+    bad = [token for token in ids if not 0 <= token < tokenizer.vocab_size]
+    if bad:
+        raise InvalidRequest(
+            f"{where or field} has token id {bad[0]}, not in this model's vocabulary (0..{tokenizer.vocab_size - 1})",
+            field=field,
+        )
+    return ids
+
+
+def _bad_words(tokenizer: Tokenizer, words: list[str], allow_unk: bool) -> tuple[tuple[int, ...], ...]:
+    """Each word's token sequences, at a line start and mid-line (as vLLM: the word and the word after a space).
+
+    A word that holds a token the model never generates (`<unk>`) can never be produced: it needs no ban.
+    """
+    found: dict[tuple[int, ...], None] = {}
+    for word in words:
+        if not word.strip():
+            raise InvalidRequest(
+                f"bad_words holds {word!r}: a word must not be empty or only whitespace", field="bad_words"
+            )
+        for variant in (word, " " + word):
+            ids = tuple(tokenizer.encode(variant).ids)
+            if ids and (allow_unk or tokenizer.unk_id not in ids):
+                found[ids] = None
+    return tuple(found)
+
+
+def _check_allowed(
+    tokenizer: Tokenizer,
+    request: CompletionRequest,
+    plan: GenerationSettings,
+    allowed: tuple[int, ...],
+    bad_words: tuple[tuple[int, ...], ...],
+    stop_ids: tuple[int, ...],
+) -> None:
+    """allowed_token_ids must leave a token to draw at every step, whatever else is banned."""
+    if plan.constraint is not None:
+        raise InvalidRequest(
+            f"allowed_token_ids cannot be combined with a constraint ({plan.constraint.field}): give one of them",
+            field="allowed_token_ids",
+        )
+    partial = sorted(set(allowed) & tokenizer.partial_ids)
+    if partial:
+        raise InvalidRequest(
+            f"allowed_token_ids has token {partial[0]}, only part of a character: the text could not go on",
+            field="allowed_token_ids",
+        )
+    banned = {words[0] for words in bad_words if len(words) == 1}
+    if not request.allow_unk and tokenizer.unk_id is not None:
+        banned.add(tokenizer.unk_id)
+    if request.min_tokens:
+        banned |= {*stop_ids, *([] if plan.eos_id is None else [plan.eos_id])}
+    left = set(allowed) - banned
+    # Each multi-token bad word bans at most one more token at a step.
+    if len(left) <= sum(1 for words in bad_words if len(words) > 1 and words[-1] in left):
+        raise InvalidRequest(
+            "allowed_token_ids leaves no token to draw once <unk>, the bad words (and before min_tokens the end "
+            "of text) are banned",
+            field="allowed_token_ids",
+        )
 
 
 def _raw_prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
@@ -119,21 +261,22 @@ def _raw_prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[
     return [item for item in prompt if not isinstance(item, int)]
 
 
-def _prompt(settings: Settings, tokenizer: Tokenizer, raw: str | list[int], index: int) -> Prompt:
+def _prompt(
+    settings: Settings, tokenizer: Tokenizer, raw: str | list[int], index: int, request: CompletionRequest
+) -> Prompt:
     if isinstance(raw, str):
         check_text(settings, raw, f"prompt[{index}]")
         encoding = tokenizer.encode(raw)
         ids, text = encoding.ids, raw
         offsets = tokenizer.source_offsets(raw, encoding)
     else:
-        bad = [token for token in raw if not 0 <= token < tokenizer.vocab_size]
-        if bad:
-            raise InvalidRequest(
-                f"prompt[{index}] has token id {bad[0]}, not in this model's vocabulary (0..{tokenizer.vocab_size - 1})",
-                field="prompt",
-            )
+        _vocabulary_ids(tokenizer, raw, "prompt", f"prompt[{index}]")
         check_count(len(raw), settings.max_text_chars, f"tokens in prompt[{index}]", "max_text_chars")
         ids = list(raw)
+        text, offsets = tokenizer.decode(ids), tokenizer.text_offsets(ids)
+    keep = request.truncate_prompt_tokens
+    if keep is not None and keep >= 0 and len(ids) > keep:  # -1: every token (an RNN has no context window)
+        ids = ids[len(ids) - keep :] if request.truncation_side == "left" else ids[:keep]
         text, offsets = tokenizer.decode(ids), tokenizer.text_offsets(ids)
     if ids and ids[0] == tokenizer.boundary_id:
         return Prompt(text, ids[1:], True, offsets)
@@ -145,26 +288,29 @@ def _prompt(settings: Settings, tokenizer: Tokenizer, raw: str | list[int], inde
 
 @dataclass(frozen=True)
 class PromptOutcome:
-    """One prompt's choices and the log-probabilities (and alternatives) of its fed tokens."""
+    """One prompt's choices and what feeding it computed, as given (the boundary with no number)."""
 
     choices: list[Choice]
-    fed_logprobs: list[float]
-    fed_top: list[Top]
+    scored: rendered.ScoredPrompt
 
 
 async def complete(models: ModelRegistry, settings: Settings, request: CompletionRequest) -> CompletionResponse:
     """The whole answer: the request checked, admitted (EngineBusy when full) and generated."""
     prepared = prepare_completion(models, settings, request)
-    if prepared.request.suffix is not None:
+    if request.suffix is not None:
         text = prepared.prompts[0].text
         filled, generated = await fill_middle(prepared.models, prepared.settings, prepared.served, request, text)
-        return _response(prepared, filled, prepared.usage(generated))
+        return prepared.response(filled, prepared.usage(generated))
     engine = prepared.served.engine
     ids = [prompt.ids for prompt in prepared.prompts]
     groups = prefix_groups(ids) if prepared.settings.share_prefixes else [([], [i]) for i in range(len(ids))]
     # Shared prefixes first (queued feeds), then every generation admitted at once: all or none.
     heads = await asyncio.gather(
-        *(engine.feed(engine.fresh(), prefix, prepared.prompt_logprobs, prepared.top) for prefix, _ in groups if prefix)
+        *(
+            engine.feed(engine.fresh(), prefix, prepared.prompt_logprobs, prepared.top, request.priority)
+            for prefix, _ in groups
+            if prefix
+        )
     )
     starts: dict[int, tuple[int, FeedResult]] = {}
     shared = iter(heads)
@@ -183,6 +329,7 @@ async def complete(models: ModelRegistry, settings: Settings, request: Completio
                     prepared.prompt_logprobs,
                     prepared.sampled,
                     prepared.top,
+                    request.priority,
                 )
             )
         found = await asyncio.gather(*(collect(generation) for generation in generations))
@@ -190,15 +337,30 @@ async def complete(models: ModelRegistry, settings: Settings, request: Completio
         for generation in generations:  # a refusal, or a client gone: nothing keeps running
             generation.cancel()
     choices: list[CompletionChoice] = []
-    generated = 0
+    generated, cached = 0, sum(head.cached for head in heads)
     for index, (prompt, prompt_choices) in enumerate(zip(prepared.prompts, found, strict=True)):
         head = starts[index][1]
         result = prompt_choices[0].result
-        outcome = PromptOutcome(prompt_choices, head.logprobs + result.fed_logprobs, [*head.top, *result.fed_top])
+        cached += result.cached
+        outcome = PromptOutcome(
+            prompt_choices,
+            scored(prepared, prompt, head.logprobs + result.fed_logprobs, [*head.top, *result.fed_top]),
+        )
         generated += sum(len(choice.result.token_ids) for choice in prompt_choices)
-        for rank, choice in enumerate(_best(prompt_choices, prepared.request.n)):
-            choices.append(_choice(prepared, index * prepared.request.n + rank, prompt, outcome, choice))
-    return _response(prepared, choices, prepared.usage(generated))
+        for rank, choice in enumerate(_best(prompt_choices, request.n)):
+            choices.append(_choice(prepared, index * request.n + rank, prompt, outcome, choice))
+    return prepared.response(choices, prepared.usage(generated, cached))
+
+
+def scored(
+    prepared: PreparedCompletion, prompt: Prompt, logprobs: list[float], top: list[list[tuple[int, float]]]
+) -> rendered.ScoredPrompt:
+    """A prompt's tokens as given with their numbers (none for a boundary it started at)."""
+    values: list[float | None] = list(logprobs) if logprobs else [None] * len(prompt.ids)
+    tops: list[list[tuple[int, float]] | None] = [*top, *([None] * (len(prompt.ids) - len(top)))]
+    if prompt.starts_at_boundary:
+        values, tops = [None, *values], [None, *tops]
+    return rendered.ScoredPrompt(prompt.given(prepared.tokenizer.boundary_id), values, tops, prompt.offsets)
 
 
 def _best(choices: list[Choice], n: int) -> list[Choice]:
@@ -215,145 +377,31 @@ def _mean_logprob(events: list[TokenEvent]) -> float:
 def _choice(
     prepared: PreparedCompletion, index: int, prompt: Prompt, outcome: PromptOutcome, choice: Choice
 ) -> CompletionChoice:
-    request, tokenizer = prepared.request, prepared.served.checkpoint.tokenizer
+    request, spelling = prepared.request, prepared.spelling
     text = prompt.text + choice.text if request.echo else choice.text
     logprobs = None
     if request.logprobs is not None:
         start = len(prompt.text) if request.echo else 0
-        logprobs = _generated_logprobs(tokenizer, choice.events, _last(tokenizer, prompt), start)
+        logprobs = rendered.generated(spelling, choice.events, last_prompt_token(prepared, prompt), start)
         if request.echo:
-            logprobs = _join(_prompt_logprobs(tokenizer, prompt, outcome), logprobs)
-    return CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=_finish(choice.result))
+            logprobs = rendered.joined(rendered.echoed(spelling, outcome.scored), logprobs)
+    given = prompt.given(prepared.tokenizer.boundary_id)
+    return CompletionChoice(
+        index=index,
+        text=text,
+        logprobs=logprobs,
+        finish_reason=openai_finish(choice.result.finish_reason),
+        stop_reason=choice.result.stop_reason,
+        prompt_logprobs=None if request.prompt_logprobs is None else rendered.prompt_logprobs(spelling, outcome.scored),
+        prompt_token_ids=given if request.return_token_ids else None,
+        token_ids=list(choice.result.token_ids) if request.return_token_ids else None,
+    )
 
 
-def _last(tokenizer: Tokenizer, prompt: Prompt) -> int:
+def last_prompt_token(prepared: PreparedCompletion, prompt: Prompt) -> int:
     """The token before the first generated one."""
-    return prompt.ids[-1] if prompt.ids else tokenizer.boundary_id
+    return prompt.ids[-1] if prompt.ids else prepared.tokenizer.boundary_id
 
 
-def _response(prepared: PreparedCompletion, choices: list[CompletionChoice], usage: Usage | None) -> CompletionResponse:
-    return CompletionResponse(
-        id=prepared.id, created=prepared.created, model=prepared.served.id, choices=choices, usage=usage
-    )
-
-
-def _finish(result: GenerationResult) -> CompletionFinishReason:
-    return "length" if result.finish_reason == "length" else "stop"
-
-
-def _keyed(tokenizer: Tokenizer, top: Top, previous: int | None) -> dict[str, float]:
-    """Alternatives keyed as `tokens` spells them (a word's leading space included)."""
-    return {tokenizer.piece(token, previous): logprob for token, logprob in top}
-
-
-def _prompt_logprobs(tokenizer: Tokenizer, prompt: Prompt, outcome: PromptOutcome) -> CompletionLogprobs:
-    """The prompt's tokens: the boundary it started at (no number, as OpenAI's first token), then each fed one."""
-    tokens: list[str] = []
-    values: list[float | None] = []
-    tops: list[dict[str, float] | None] = []
-    previous: int | None = None
-    if prompt.starts_at_boundary:
-        tokens.append(tokenizer.piece(tokenizer.boundary_id, None))
-        values.append(None)
-        tops.append(None)
-        previous = tokenizer.boundary_id
-    for position, token in enumerate(prompt.ids):
-        tokens.append(tokenizer.piece(token, previous))
-        values.append(outcome.fed_logprobs[position])
-        top = outcome.fed_top[position] if position < len(outcome.fed_top) else None
-        tops.append(_keyed(tokenizer, top, previous) if top is not None else None)
-        previous = token
-    return CompletionLogprobs(
-        tokens=tokens, token_logprobs=values, top_logprobs=tops, text_offset=prompt.offsets[: len(tokens)]
-    )
-
-
-def _generated_logprobs(
-    tokenizer: Tokenizer, events: list[TokenEvent], previous: int, start: int
-) -> CompletionLogprobs:
-    """Generated tokens; offsets follow their pieces (a stop string may cut the text before the last ones)."""
-    offsets, tops, position = [], [], start
-    for event in events:
-        offsets.append(position)
-        position += len(event.piece)
-        tops.append(_keyed(tokenizer, event.top, previous))
-        previous = event.token_id
-    return CompletionLogprobs(
-        tokens=[event.piece for event in events],
-        token_logprobs=[event.logprob for event in events],
-        top_logprobs=list(tops),
-        text_offset=offsets,
-    )
-
-
-def _join(first: CompletionLogprobs, second: CompletionLogprobs) -> CompletionLogprobs:
-    return CompletionLogprobs(
-        tokens=first.tokens + second.tokens,
-        token_logprobs=first.token_logprobs + second.token_logprobs,
-        top_logprobs=first.top_logprobs + second.top_logprobs,
-        text_offset=first.text_offset + second.text_offset,
-    )
-
-
-# ---- the stream -------------------------------------------------------------------------
-
-
-async def start_stream(
-    models: ModelRegistry, settings: Settings, request: CompletionRequest
-) -> tuple[Generation, CompletionStream]:
-    """Check the request and admit the one prompt's n choices (EngineBusy when full), before the stream opens."""
-    prepared = prepare_completion(models, settings, request)
-    engine, prompt = prepared.served.engine, prepared.prompts[0]
-    generation = await engine.generate(engine.fresh(), prepared.plans[0], prompt.ids, n=prepared.request.n)
-    return generation, CompletionStream(prepared)
-
-
-class CompletionStream:
-    """OpenAI's stream: `data: {chunk}` per token of each choice, a last chunk per choice, `data: [DONE]`.
-
-    With `stream_options.include_usage` a chunk with no choices and the usage comes before [DONE].
-    """
-
-    def __init__(self, prepared: PreparedCompletion) -> None:
-        self.prepared = prepared
-        self.tokenizer = prepared.served.checkpoint.tokenizer
-        prompt = prepared.prompts[0]
-        echo = prepared.request.echo
-        self.position = [len(prompt.text) if echo else 0] * prepared.request.n
-        self.previous = [_last(self.tokenizer, prompt)] * prepared.request.n
-        self.echo_pending = [echo] * prepared.request.n
-
-    def token(self, event: TokenEvent) -> Event:
-        choice = event.choice
-        logprobs = None
-        if self.prepared.request.logprobs is not None:
-            logprobs = _generated_logprobs(self.tokenizer, [event], self.previous[choice], self.position[choice])
-        self.position[choice] += len(event.piece)
-        self.previous[choice] = event.token_id
-        return self._chunk(choice, self._echoed(choice) + event.text, logprobs, None)
-
-    def _echoed(self, choice: int) -> str:
-        """The prompt, in front of a choice's first text (echo)."""
-        if not self.echo_pending[choice]:
-            return ""
-        self.echo_pending[choice] = False
-        return self.prepared.prompts[0].text
-
-    async def finish(self, choices: list[Choice]) -> list[Event]:
-        closing = [
-            self._chunk(c.result.choice, self._echoed(c.result.choice), None, _finish(c.result)) for c in choices
-        ]
-        options = self.prepared.request.stream_options
-        if options is not None and options.include_usage:
-            usage = self.prepared.usage(sum(len(c.result.token_ids) for c in choices))
-            closing.append({"data": _response(self.prepared, [], usage).model_dump_json()})
-        return [*closing, {"data": "[DONE]"}]
-
-    def error(self, body: dict[str, Any]) -> Event:
-        return {"data": json.dumps(body)}
-
-    def _chunk(
-        self, index: int, text: str, logprobs: CompletionLogprobs | None, finish: CompletionFinishReason | None
-    ) -> Event:
-        choice = CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=finish)
-        return {"data": _response(self.prepared, [choice], None).model_dump_json()}
+def openai_finish(reason: FinishReason) -> CompletionFinishReason:
+    return "length" if reason == "length" else "stop"

@@ -21,6 +21,16 @@ SUFFIX_CONFLICTS = (
     "stream",
     "echo",
     "best_of",
+    "use_beam_search",
+    "stop_token_ids",
+    "include_stop_str_in_output",
+    "ignore_eos",
+    "allowed_token_ids",
+    "bad_words",
+    "prompt_logprobs",
+    "truncate_prompt_tokens",
+    "return_token_ids",
+    "return_tokens_as_token_ids",
 )
 
 

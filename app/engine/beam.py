@@ -119,6 +119,11 @@ class BeamRun:
         finally:
             self.cancel()
 
+    @property
+    def cached(self) -> int:
+        """Of the prompt's ids, how many the prefix-state cache spared feeding (known once the search started)."""
+        return self._job.cached
+
     def cancel(self) -> None:
         """Stop searching (no-op once answered); the rows leave the batch at the next tick."""
         if not self._job.cancelled and not self._job.finished:

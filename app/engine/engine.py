@@ -65,12 +65,16 @@ class Engine:
             return SequenceState(self.model.init_state(1), self.tokenizer.boundary_id, history=())
 
     async def feed(
-        self, start: SequenceState, ids: list[int], with_logprobs: bool = True, top_logprobs: int = 0
+        self, start: SequenceState, ids: list[int], with_logprobs: bool = True, top_logprobs: int = 0, priority: int = 0
     ) -> FeedResult:
-        """Log-probabilities of `ids` after `start` (and the top alternatives at each), and the state after them."""
-        job, future = self._call(FeedJob, start, ids, with_logprobs=with_logprobs, top_logprobs=top_logprobs)
+        """Log-probabilities of `ids` after `start` (and the top alternatives at each), and the state after them.
+
+        `priority` (vLLM's: lower first) orders the feeding among the jobs waiting to be fed."""
+        job, future = self._call(
+            FeedJob, start, ids, with_logprobs=with_logprobs, top_logprobs=top_logprobs, priority=priority
+        )
         await future
-        return FeedResult(job.fed_logprobs, job.fed_end(), job.fed_top)
+        return FeedResult(job.fed_logprobs, job.fed_end(), job.fed_top, job.cached)
 
     async def next_token(self, start: SequenceState, ids: list[int] | None = None) -> NextTokenResult:
         """Feed `ids`, then the distribution of the next token (V,)."""
@@ -86,11 +90,13 @@ class Engine:
         with_logprobs: bool = False,
         n: int = 1,
         top_logprobs: int = 0,
+        priority: int = 0,
     ) -> Generation:
         """Feed `ids` (a prompt, logprobs and `top_logprobs` alternatives kept if asked) once, then sample n choices.
 
         A constraint is compiled first, off the event loop (ConstraintError), then the
-        job is admitted (EngineBusy): both before anything has started.
+        job is admitted (EngineBusy): both before anything has started. `priority` (lower
+        first) orders the prompt's feeding, as `feed`'s does.
         """
         ids = list(ids or [])
         compiled = (
@@ -108,6 +114,7 @@ class Engine:
             receive=queue.put_nowait,
             with_logprobs=with_logprobs,
             top_logprobs=top_logprobs,
+            priority=priority,
         )
         self.scheduler.admit(job)
         return Generation(self, job, queue)
@@ -132,6 +139,7 @@ class Engine:
         settings: BeamSettings,
         ids: list[int] | None = None,
         constraint: Constraint | None = None,
+        priority: int = 0,
     ) -> BeamRun:
         """Feed `ids`, then beam-search (never choosing `<unk>` unless the settings allow it).
 
@@ -148,7 +156,15 @@ class Engine:
             compiled = await self.compile_constraint(constraint, start, ids)
             settings = dataclasses.replace(settings, eos_id=self.tokenizer.boundary_id)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        job = BeamJob(settings, compiled, start=start, ids=ids, loop=future.get_loop(), receive=_settler(future))
+        job = BeamJob(
+            settings,
+            compiled,
+            start=start,
+            ids=ids,
+            loop=future.get_loop(),
+            receive=_settler(future),
+            priority=priority,
+        )
         self.scheduler.admit(job)
         return BeamRun(self, job, future)
 

@@ -47,7 +47,9 @@ class Job:
 
     `cost` is what admission counts: the decode rows the job will hold (a sampled choice
     1, a beam search its widest step, a next-token query 1). A job of cost 0 holds no
-    row (a plain feed) and counts as one queued request instead.
+    row (a plain feed) and counts as one queued request instead. `priority` orders the
+    feeding only (lower first): admission is at once, and every admitted row decodes
+    every tick.
     """
 
     cost = 0
@@ -60,16 +62,19 @@ class Job:
         receive: Callable[[Any], object],
         with_logprobs: bool = False,
         top_logprobs: int = 0,
+        priority: int = 0,
     ) -> None:
         self.state, self.pending = start.state, start.pending
         self.history = start.history  # the tokens before `ids`, when known (keys the prefix cache)
         self.cached_upto = 0  # prefix cache: the last point of this prompt known to the cache (tokens from the start)
         self.parts_at = 0  # prefix cache: where the prompt leaves the ones fed before it, when it does
+        self.cached = 0  # prefix cache: how many of `ids` a hit spared feeding
         self.ids = ids
         self.loop = loop  # where the caller waits
         self.receive = receive  # takes an item on that loop (never called from the worker)
         self.with_logprobs = with_logprobs
         self.top_logprobs = top_logprobs  # alternatives wanted at each fed position
+        self.priority = priority  # vLLM's: lower is fed first (ties: first come, first fed)
         self.fed = 0
         self.fed_logprobs: list[float] = []
         self.fed_top: list[Top] = []

@@ -22,19 +22,20 @@ class StopStringMatcher:
     never partly streamed; once a stop string appears, the text before it is final.
     """
 
-    def __init__(self, stop: tuple[str, ...]) -> None:
+    def __init__(self, stop: tuple[str, ...], include: bool = False) -> None:
         self.stop = tuple(s for s in stop if s)
+        self.include = include  # the text ends after the stop string instead of before it
         self.text = ""
         self.released = 0  # text[:released] has been handed out
-        self.stopped = False
+        self.stopped: str | None = None  # the stop string that ended the text
 
     def push(self, piece: str) -> str:
         """Append `piece`; return the newly releasable text (may be empty)."""
         self.text += piece
-        start = self._first_stop()
-        if start is not None:
-            self.stopped = True
-            self.text = self.text[:start]
+        found = self._first_stop()
+        if found is not None:
+            start, self.stopped = found
+            self.text = self.text[: start + len(self.stopped) if self.include else start]
             return self.flush()
         safe = len(self.text) - self._held_back()
         out = self.text[self.released : safe]
@@ -47,10 +48,11 @@ class StopStringMatcher:
         self.released = len(self.text)
         return out
 
-    def _first_stop(self) -> int | None:
+    def _first_stop(self) -> tuple[int, str] | None:
+        """Where the first stop string starts, and which it is."""
         # Released text never starts a stop string (it was held back), so search only the rest.
-        hits = [i for i in (self.text.find(s, self.released) for s in self.stop) if i >= 0]
-        return min(hits) if hits else None
+        hits = [(i, s) for s, i in ((s, self.text.find(s, self.released)) for s in self.stop) if i >= 0]
+        return min(hits, key=lambda hit: hit[0]) if hits else None
 
     def _held_back(self) -> int:
         """Length of the longest suffix of the unreleased text that is a proper prefix of a stop string."""
@@ -77,10 +79,19 @@ class TextOutput:
     """One sequence's detokeniser: token ids in, releasable text out (bytes, then stop strings)."""
 
     def __init__(
-        self, tokenizer: Tokenizer, stop: tuple[str, ...], previous: int, max_tokens: int, carried: bytes | None = None
+        self,
+        tokenizer: Tokenizer,
+        stop: tuple[str, ...],
+        previous: int,
+        max_tokens: int,
+        carried: bytes | None = None,
+        stop_ids: tuple[int, ...] = (),
+        include_stop: bool = False,
     ) -> None:
         """`carried`: a session's bytes of a character begun earlier; with it, an unfinished
-        character at the end is held (`pending_bytes`), not released as U+FFFD."""
+        character at the end is held (`pending_bytes`), not released as U+FFFD. `stop_ids`
+        end the text, their own text hidden unless `include_stop` (which also keeps a stop
+        string at the end of the text)."""
         self.tokenizer = tokenizer
         self.previous = previous  # the token before the next one (a word's space depends on it)
         self.max_tokens = max_tokens
@@ -88,7 +99,10 @@ class TextOutput:
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._hold = carried is not None
         self._utf8.decode(carried or b"")  # the start of a character: nothing to release yet
-        self._stop = StopStringMatcher(stop)
+        self._stop = StopStringMatcher(stop, include_stop)
+        self.stop_ids = frozenset(stop_ids)
+        self.include_stop = include_stop
+        self.stop_reason: int | str | None = None  # the stop token id or stop string that ended the text
 
     @property
     def holds_back(self) -> bool:
@@ -107,9 +121,16 @@ class TextOutput:
         piece = self.tokenizer.piece(token_id, previous)
         if token_id == eos_id:
             return Released(piece, self._flush(), "eos")
+        if token_id in self.stop_ids and not self.include_stop:
+            self.stop_reason = token_id
+            return Released(piece, self._flush(), "stop")
         text = self._stop.push(self._utf8.decode(self.tokenizer.piece_bytes(token_id, previous)))
-        if self._stop.stopped:
+        if self._stop.stopped is not None:
+            self.stop_reason = self._stop.stopped
             return Released(piece, text, "stop")
+        if token_id in self.stop_ids:
+            self.stop_reason = token_id
+            return Released(piece, text + self._flush(), "stop")
         if end is not None:
             return Released(piece, text + self._flush(), end)
         if self.count >= self.max_tokens:
@@ -135,4 +156,4 @@ class TextOutput:
         """Everything held back: an unfinished character (as U+FFFD) and a possible stop string's start."""
         tail = "" if self._hold else self._utf8.decode(b"", final=True)
         text = self._stop.push(tail) if tail else ""
-        return text if self._stop.stopped else text + self._stop.flush()
+        return text if self._stop.stopped is not None else text + self._stop.flush()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -47,7 +47,9 @@ class GenerateJob(Job):
             worker.finish(self)
             end, held = self.fed_end(), self.settings.carried_bytes or b""
             for choice in range(self.n):
-                result = GenerationResult("length", end, [], self.fed_logprobs, choice, self.fed_top, held)
+                result = GenerationResult(
+                    "length", end, [], self.fed_logprobs, choice, self.fed_top, held, cached=self.cached
+                )
                 worker.deliver(self, result)
             return
         compiled = self.compiled
@@ -58,7 +60,7 @@ class GenerateJob(Job):
         start = state_tensors(self.state)
         unk_id = worker.tokenizer.unk_id
         for choice in range(self.n):
-            row = SampledRow(self, choice, (seed + choice) % 2**63, worker, unk_id)
+            row = SampledRow(self, choice, (seed + choice) % 2**64, worker, unk_id)
             if compiled is not None:
                 row.constraint = RowConstraint.of(compiled, worker.constraints, spelling)
             self.rows.append(row)
@@ -83,12 +85,27 @@ class SampledRow(Row):
         self.seed = seed
         self.generated: list[int] = []
         self.output = TextOutput(
-            worker.tokenizer, settings.stop, job.pending, settings.max_tokens, settings.carried_bytes
+            worker.tokenizer,
+            settings.stop,
+            job.pending,
+            settings.max_tokens,
+            settings.carried_bytes,
+            settings.stop_ids,
+            settings.include_stop,
         )
         self.uses_history = settings.sampling.uses_history
         self.byte_level = bool(worker.tokenizer.partial_ids)  # a token may hold part of a character
         # Never drawn: <unk> (unless asked for) and, before min_tokens, the end of the text.
         self.always_banned = [] if settings.sampling.allow_unk or unk_id is None else [unk_id]
+        self.always_banned += [words[0] for words in settings.bad_words if len(words) == 1]
+        self.bad_sequences = [words for words in settings.bad_words if len(words) > 1]
+        self.ends = [] if settings.eos_id is None else [settings.eos_id]
+        self.ends += settings.stop_ids  # what min_tokens holds back
+        # allowed_token_ids: the only tokens it may draw, (V,) bool on the device
+        self.only: Tensor | None = None
+        if settings.allowed_ids is not None:
+            self.only = torch.zeros(worker.tokenizer.vocab_size, dtype=torch.bool, device=worker.device)
+            self.only[list(settings.allowed_ids)] = True
         self.constraint: RowConstraint | None = None  # a constrained row's matcher and masks
 
     def banned(self) -> list[int]:
@@ -97,10 +114,23 @@ class SampledRow(Row):
         banned = self.always_banned
         if self.byte_level:  # char and word tokens are whole characters: nothing to check per step
             banned = [*banned, *self.output.tokenizer.invalid_after(self.output.pending_bytes)]
+        if self.bad_sequences:
+            banned = [*banned, *self._bad_word_ends()]
         if self.constraint is not None:  # the constraint decides where the text ends
             return banned
-        early = self.settings.eos_id is not None and len(self.generated) < self.settings.min_tokens
-        return [*banned, self.settings.eos_id] if early and self.settings.eos_id is not None else banned
+        return [*banned, *self.ends] if len(self.generated) < self.settings.min_tokens else banned
+
+    def _bad_word_ends(self) -> list[int]:
+        """The last token of each bad word whose other tokens the text (prompt included) ends with."""
+        found = []
+        for words in self.bad_sequences:
+            need = len(words) - 1
+            tail = self.generated[-need:]
+            if len(tail) < need:  # the start of the word may be the prompt's end
+                tail = [*self.settings.history[len(tail) - need :], *tail]
+            if tuple(tail) == words[:-1]:
+                found.append(words[-1])
+        return found
 
     @classmethod
     def step(cls, worker: Worker, rows: list[Self], logits: Tensor) -> None:
@@ -125,10 +155,10 @@ class SampledRow(Row):
                 if not rows:
                     return
         masked = logits
-        masked_rows = [i for i, row in enumerate(rows) if row.constraint is not None]
+        masked_rows = [i for i, row in enumerate(rows) if row.constraint is not None or row.only is not None]
         if masked_rows:
             positions = torch.tensor(masked_rows, device=logits.device)
-            allowed = RowConstraint.allowed_of(_constraints(rows))  # (C, V)
+            allowed = _masks([rows[i] for i in masked_rows])  # (C, V)
             masked = logits.index_put((positions,), logits[positions].masked_fill(~allowed, -math.inf))
         pool = worker.pool
         index = torch.tensor([row.slot for row in rows], device=logits.device)
@@ -194,9 +224,11 @@ class SampledRow(Row):
             released = self.output.end(token_id, "stop")
         else:
             released = self.output.push(token_id, self.settings.eos_id if self.constraint is None else None, end)
-        worker.deliver(
-            self.generate_job, TokenEvent(token_id, released.piece, released.text, finite(logprob), top, self.choice)
+        stop_reason = self.output.stop_reason if released.finish is not None else None
+        event = TokenEvent(
+            token_id, released.piece, released.text, finite(logprob), top, self.choice, released.finish, stop_reason
         )
+        worker.deliver(self.generate_job, event)
         if released.finish is not None:
             self.finish(worker, released)
 
@@ -220,12 +252,28 @@ class SampledRow(Row):
                 self.choice,
                 job.fed_top,
                 held_bytes=self.output.pending_bytes,
+                stop_reason=self.output.stop_reason,
+                cached=job.cached,
             ),
         )
 
 
 def _constraints(rows: Sequence[SampledRow]) -> list[RowConstraint]:
     return [row.constraint for row in rows if row.constraint is not None]
+
+
+def _masks(rows: Sequence[SampledRow]) -> Tensor:
+    """What each row may draw (R, V) bool: its constraint's mask and its allowed_token_ids, where it has them."""
+    constraints = _constraints(rows)
+    constrained: Iterator[Tensor] = iter(RowConstraint.allowed_of(constraints) if constraints else [])
+    masks = []
+    for row in rows:
+        mask = next(constrained) if row.constraint is not None else None
+        if row.only is not None:
+            mask = row.only if mask is None else mask & row.only
+        assert mask is not None  # only rows with a constraint or allowed_token_ids are masked
+        masks.append(mask)
+    return torch.stack(masks)
 
 
 class Cancellable(Protocol):

@@ -146,6 +146,8 @@ class Scheduler:
                     arrived = list(self._inbox)
                     self._inbox.clear()
                 self._feeding.extend(arrived)
+                if any(job.priority for job in self._feeding):  # vLLM's priority: lower first, then first come
+                    self._feeding = deque(sorted(self._feeding, key=lambda job: job.priority))
                 try:
                     for job in arrived:
                         self._resume(job)
@@ -196,6 +198,7 @@ class Scheduler:
             return
         length, entry = hit
         job.state, job.pending, job.fed = entry.state, key[length - 1], length - before
+        job.cached = job.fed
         if job.with_logprobs and entry.logprobs is not None:
             job.fed_logprobs = entry.logprobs[before:length].tolist()
         if job.top_logprobs and entry.top_ids is not None and entry.top_values is not None:

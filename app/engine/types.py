@@ -42,6 +42,7 @@ class FeedResult:
     logprobs: list[float]  # log p(ids[i] | start, ids[:i]), natural log
     end: SequenceState
     top: list[Top] = field(default_factory=list)  # at each fed position, when asked for
+    cached: int = 0  # of the ids, how many the prefix-state cache spared feeding
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,11 @@ class GenerationSettings:
     with that seed. `min_tokens` bans `eos_id` until that many tokens are out. A
     `constraint` restricts the text to a language (app/engine/constraint.py); it ends the
     text itself, so `min_tokens` does not apply to it.
+
+    `stop_ids` end the text like `eos_id` (their text hidden unless `include_stop`, which
+    also keeps a stop string at the end), and `min_tokens` holds them back too;
+    `allowed_ids` are the only tokens drawn; each of `bad_words` (a token sequence) is never
+    completed: its last token is banned where the text ends with the others.
     """
 
     max_tokens: int
@@ -74,6 +80,10 @@ class GenerationSettings:
     # rather than show it as U+FFFD. None: a one-shot text, whole at its end.
     carried_bytes: bytes | None = None
     constraint: Constraint | None = None
+    stop_ids: tuple[int, ...] = ()
+    include_stop: bool = False
+    allowed_ids: tuple[int, ...] | None = None
+    bad_words: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,8 @@ class TokenEvent:
     logprob: float
     top: Top
     choice: int = 0
+    finish: FinishReason | None = None  # set on a choice's last token when that token ends it
+    stop_reason: int | str | None = None  # with finish "stop": the stop token id or stop string
 
 
 @dataclass(frozen=True)
@@ -97,6 +109,8 @@ class GenerationResult:
     choice: int = 0
     fed_top: list[Top] = field(default_factory=list)  # the most likely tokens at each fed position, if asked
     held_bytes: bytes = b""  # with carried_bytes: the unfinished character's bytes at the end
+    stop_reason: int | str | None = None  # the stop token id or stop string that ended it ("stop")
+    cached: int = 0  # of the prompt's ids, how many the prefix-state cache spared feeding
 
 
 def finite(value: float) -> float:

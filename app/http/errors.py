@@ -61,8 +61,17 @@ ERROR_KINDS: dict[type, ErrorKind] = {
 }
 INTERNAL_ERROR = ("internal_error", "internal server error")  # a bug: said without a trace
 
+# The routes that speak OpenAI's protocol answer a request they cannot take as OpenAI and vLLM do: 400
+# `invalid_request_error` (the SDKs raise BadRequestError), with `param` naming the field, for a malformed body
+# and for a well-formed one that cannot be honoured (InvalidRequest) alike. Every other route keeps its 422.
+OPENAI_PATHS = frozenset({"/v1/completions", "/invocations"})
+OPENAI_INVALID = ErrorKind(400, "invalid_request_error")
 
-def error_kind(exc: ServiceError) -> ErrorKind:
+
+def error_kind(exc: ServiceError, openai: bool = False) -> ErrorKind:
+    """How `exc` answers; on an OpenAI route (`openai`) an invalid request is OpenAI's 400."""
+    if openai and isinstance(exc, InvalidRequest):
+        return OPENAI_INVALID
     return next(ERROR_KINDS[cls] for cls in type(exc).__mro__ if cls in ERROR_KINDS)
 
 
@@ -71,8 +80,15 @@ def error_body(error_type: str, message: str, **details: Any) -> dict[str, Any]:
     return {"error": {"type": error_type, "message": message, **details}}
 
 
-def service_error_body(exc: ServiceError) -> dict[str, Any]:
-    return error_body(error_kind(exc).type, exc.message, **exc.details)
+def service_error_body(exc: ServiceError, openai: bool = False) -> dict[str, Any]:
+    kind = error_kind(exc, openai)
+    if kind is OPENAI_INVALID:  # OpenAI's error object: `param` names the field, `code` is null
+        return error_body(kind.type, exc.message, param=exc.details.get("field"), code=None, **exc.details)
+    return error_body(kind.type, exc.message, **exc.details)
+
+
+def is_openai(request: Request) -> bool:
+    return request.url.path in OPENAI_PATHS
 
 
 class ErrorDetail(BaseModel):
@@ -94,7 +110,10 @@ def _documented(description: str) -> dict[str, Any]:
 
 # The error answers of the API, as published in the OpenAPI schema (attached per router in the app factory).
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: _documented("the body is not valid JSON or not UTF-8"),
+    400: _documented(
+        "the body is not valid JSON or not UTF-8; on the OpenAI routes, any request that cannot be taken "
+        "(type invalid_request_error, as OpenAI answers)"
+    ),
     401: _documented("API keys are on and the call has no valid one"),
     404: _documented("unknown model or session (or another key's session); an API not offered (type unsupported)"),
     409: _documented("a session at another version, of another model, or unreadable; a session file of other weights"),
@@ -116,14 +135,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        kind = error_kind(exc)
-        return JSONResponse(service_error_body(exc), status_code=kind.status_code, headers=kind.headers)
+        kind = error_kind(exc, is_openai(request))
+        body = service_error_body(exc, is_openai(request))
+        return JSONResponse(body, status_code=kind.status_code, headers=kind.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [_describe(e) for e in exc.errors()]
         if any(e["type"] == "json_invalid" for e in errors):
             return error_response(400, "invalid_json", "request body is not valid JSON", errors=errors)
+        if is_openai(request):
+            return _openai_validation_error(errors)
         message = "; ".join(f"{e['field']}: {e['message']}" if e["field"] else e["message"] for e in errors)
         return error_response(422, "invalid_request", message or "invalid request", errors=errors)
 
@@ -138,6 +160,19 @@ def install_error_handlers(app: FastAPI) -> None:
         return response
 
     app.add_middleware(UnexpectedErrorMiddleware)
+
+
+def _openai_validation_error(errors: list[dict[str, Any]]) -> JSONResponse:
+    """OpenAI's answer to a body it cannot take: 400, an unknown field "Unrecognized request argument"."""
+    unknown = [e["field"] for e in errors if e["type"] == "extra_forbidden"]
+    if unknown:
+        message = f"Unrecognized request argument supplied: {', '.join(unknown)}"
+    else:
+        message = "; ".join(f"{e['field']}: {e['message']}" if e["field"] else e["message"] for e in errors)
+    field = errors[0]["field"] if errors else None
+    return error_response(
+        400, OPENAI_INVALID.type, message or "invalid request", param=field, code=None, field=field, errors=errors
+    )
 
 
 def _allowed_methods(request: Request) -> list[str]:

@@ -14,15 +14,15 @@ from collections.abc import AsyncIterator
 from sse_starlette.sse import EventSourceResponse
 from starlette.background import BackgroundTask
 
-from app.api.render import Choice, Event, StreamRenderer
-from app.engine import Generation, TokenEvent
+from app.api.render import Choice, Event, Running, StreamRenderer
+from app.engine import TokenEvent
 from app.errors import ServiceError
 from app.http.errors import INTERNAL_ERROR, error_body, service_error_body
 
 logger = logging.getLogger("app")
 
 
-async def stream_events(generation: Generation, renderer: StreamRenderer) -> AsyncIterator[Event]:
+async def stream_events(generation: Running, renderer: StreamRenderer) -> AsyncIterator[Event]:
     """The Server-Sent Events of an admitted generation; leaving early (a client gone) cancels it."""
     events: list[list[TokenEvent]] = [[] for _ in range(generation.n)]
     async with generation:
@@ -43,6 +43,6 @@ async def stream_events(generation: Generation, renderer: StreamRenderer) -> Asy
             yield renderer.error(error_body(*INTERNAL_ERROR))
 
 
-def event_source(generation: Generation, renderer: StreamRenderer) -> EventSourceResponse:
+def event_source(generation: Running, renderer: StreamRenderer) -> EventSourceResponse:
     """The streamed answer; a client gone before the first event also cancels (the background task)."""
     return EventSourceResponse(stream_events(generation, renderer), background=BackgroundTask(generation.cancel))

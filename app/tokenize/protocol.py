@@ -40,7 +40,9 @@ class TokenizePromptRequest(Request):
     add_special_tokens: bool = Field(
         default=True, description="accepted for compatibility: no special token is ever added to the ids"
     )
-    return_token_strs: bool = Field(default=False, description="also return each token's surface form")
+    return_token_strs: bool = Field(
+        default=False, description="also return each token's vocabulary string (<unk> for an unknown word)"
+    )
 
 
 class TokenizePromptResponse(BaseModel):

@@ -47,13 +47,15 @@ def tokenizer_info(models: ModelRegistry, settings: Settings, model_id: str | No
 
 
 def tokenize(models: ModelRegistry, settings: Settings, request: TokenizePromptRequest) -> TokenizePromptResponse:
-    _, encoding = native.encode(models, settings, request.model, request.prompt)
+    served, encoding = native.encode(models, settings, request.model, request.prompt)
+    tokenizer = served.checkpoint.tokenizer
     return TokenizePromptResponse(
         count=len(encoding.ids),
         # Every token is at least one character, so max_text_chars bounds the tokens of any prompt.
         max_model_len=settings.max_text_chars,
         tokens=encoding.ids,
-        token_strs=encoding.tokens if request.return_token_strs else None,
+        # the vocabulary's own strings (`<unk>` for an unknown word), as vLLM's convert_ids_to_tokens gives them
+        token_strs=[tokenizer.tokens[i] for i in encoding.ids] if request.return_token_strs else None,
     )
 
 

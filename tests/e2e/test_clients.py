@@ -1,8 +1,8 @@
 """Real client packages against a live server: the `openai` SDK and lm-evaluation-harness's tokenizer.
 
 What a user of those packages does, over real HTTP: completions whole and streamed,
-prompt scoring with `echo` that agrees with /v1/score, a refused field as the SDK's 422, constraints
-through `extra_body` (and a refused one as a 422), the
+prompt scoring with `echo` that agrees with /v1/score, a refused field as the SDK's BadRequestError,
+vLLM's fields, constraints through `extra_body` (and a refused one as a 400), the
 model list, the chat refusal, and the remote tokenizer lm-evaluation-harness builds from
 /tokenizer_info, /tokenize and /detokenize. (lm-evaluation-harness's own log-likelihood runs
 are in test_lm_eval.py and test_lm_eval_tasks.py.)
@@ -69,9 +69,12 @@ def test_echo_scoring_equals_v1_score(client: openai.OpenAI, live_url: str, mode
     choices = sorted(answer.choices, key=lambda c: c.index)
     assert [c.text for c in choices] == texts
     expected = score(live_url, model, texts)
-    for choice, logprob in zip(choices, expected, strict=True):
+    firsts = score(live_url, model, [text.split()[0] if model == "word" else text[0] for text in texts])
+    for choice, logprob, first in zip(choices, expected, firsts, strict=True):
         assert choice.logprobs is not None and choice.logprobs.token_logprobs is not None
-        assert math.isclose(math.fsum(choice.logprobs.token_logprobs), logprob, rel_tol=1e-5, abs_tol=1e-5)
+        assert choice.logprobs.token_logprobs[0] is None  # OpenAI's first token; /v1/score keeps its number
+        rest = math.fsum(choice.logprobs.token_logprobs[1:])
+        assert math.isclose(rest, logprob - first, rel_tol=1e-5, abs_tol=1e-5)
 
 
 def test_models_list_and_retrieve(client: openai.OpenAI) -> None:
@@ -97,12 +100,73 @@ def test_chat_completions_points_to_completions(client: openai.OpenAI) -> None:
         ({"best_of": 2, "stream": True}, "best_of"),  # the best of several are known only at the end
     ],
 )
-def test_a_refused_field_is_the_sdks_422_naming_it(client: openai.OpenAI, fields: dict[str, Any], refused: str) -> None:
-    with pytest.raises(openai.UnprocessableEntityError) as error:
+def test_a_refused_field_is_the_sdks_bad_request_naming_it(
+    client: openai.OpenAI, fields: dict[str, Any], refused: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as error:
         client.completions.create(model="word", prompt="the cat ", max_tokens=2, **fields)
-    assert error.value.status_code == 422
-    assert isinstance(error.value.body, dict) and error.value.body["field"] == refused
-    assert refused in error.value.message
+    assert error.value.status_code == 400
+    assert isinstance(error.value.body, dict) and error.value.body["param"] == refused
+    assert error.value.body["type"] == "invalid_request_error" and refused in error.value.message
+
+
+@pytest.mark.parametrize(
+    "fields", [{"foo_bar": 1}, {"cache_salt": "a"}, {"prompt_embeds": "AAAA"}, {"kv_transfer_params": {"x": 1}}]
+)
+def test_a_field_neither_openai_nor_vllm_honours_here_is_a_400(client: openai.OpenAI, fields: dict[str, Any]) -> None:
+    with pytest.raises(openai.BadRequestError) as error:
+        client.completions.create(model="word", prompt="the", max_tokens=2, extra_body=fields)
+    assert isinstance(error.value.body, dict) and error.value.body["param"] == next(iter(fields))
+
+
+def test_the_vllm_fields_example_of_docs_openai(client: openai.OpenAI) -> None:
+    """docs/openai.md's example: vLLM's fields through extra_body, and a refusal naming its field."""
+    banned = client.completions.create(
+        model="word",
+        prompt="the company said",
+        max_tokens=12,
+        seed=3,
+        extra_body={"bad_words": ["it"], "stop_token_ids": [1], "return_token_ids": True},
+    )
+    ids = (banned.choices[0].model_extra or {})["token_ids"]
+    assert 1 not in ids[:-1] and (banned.system_fingerprint or "").startswith("rnnlm-")
+    assert "it" not in banned.choices[0].text.split()
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.completions.create(model="word", prompt="the", extra_body={"cache_salt": "tenant-a"})
+    assert isinstance(refused.value.body, dict) and refused.value.body["param"] == "cache_salt"
+    assert "not salted" in refused.value.message
+
+
+def test_vllm_fields_through_the_sync_sdk(client: openai.OpenAI) -> None:
+    """The sampled token in top_logprobs, allowed ids only, prompt_logprobs, a stream of two prompts interleaved."""
+    answer = client.completions.create(
+        model="char",
+        prompt="hello",
+        max_tokens=8,
+        seed=4,
+        logprobs=2,
+        extra_body={"allowed_token_ids": [3, 4, 5, 6], "return_token_ids": True, "prompt_logprobs": 1},
+    )
+    choice = answer.choices[0]
+    extras = choice.model_extra or {}
+    assert set(extras["token_ids"]) <= {3, 4, 5, 6} and len(extras["token_ids"]) == 8
+    assert extras["prompt_logprobs"][0] is None and len(extras["prompt_logprobs"]) == len("hello")
+    assert choice.logprobs is not None and choice.logprobs.top_logprobs is not None
+    for token, value, top in zip(
+        choice.logprobs.tokens or [], choice.logprobs.token_logprobs or [], choice.logprobs.top_logprobs, strict=True
+    ):
+        assert top[token] == value and len(top) <= 3
+    prompts = ["the ", "a"]
+    whole = client.completions.create(model="char", prompt=prompts, max_tokens=5, seed=1)
+    chunks = list(client.completions.create(model="char", prompt=prompts, max_tokens=5, seed=1, stream=True))
+    for index in (0, 1):
+        mine = [c.choices[0] for c in chunks if c.choices[0].index == index]
+        assert "".join(c.text for c in mine) == whole.choices[index].text
+        assert [c.finish_reason for c in mine] == [None] * 4 + ["length"]
+    beams = client.completions.create(
+        model="char", prompt="the ", max_tokens=4, n=2, extra_body={"use_beam_search": True}
+    )
+    assert len(beams.choices) == 2 and beams.choices[0].text != beams.choices[1].text
 
 
 @pytest.mark.parametrize(
@@ -122,9 +186,9 @@ def test_a_constraint_through_extra_body_whole_and_streamed(
         assert "".join(chunk.choices[0].text for chunk in stream if chunk.choices) == whole.choices[0].text
 
 
-def test_response_format_a_vocabulary_cannot_spell_is_the_sdks_422(client: openai.OpenAI) -> None:
+def test_response_format_a_vocabulary_cannot_spell_is_the_sdks_400(client: openai.OpenAI) -> None:
     """The tiny char model has no "{": OpenAI's response_format is refused before anything is generated."""
-    with pytest.raises(openai.UnprocessableEntityError, match="no token of this model's vocabulary can start"):
+    with pytest.raises(openai.BadRequestError, match="no token of this model's vocabulary can start"):
         client.completions.create(
             model="char", prompt="", max_tokens=20, extra_body={"response_format": {"type": "json_object"}}
         )

@@ -30,7 +30,7 @@ from app.settings import Settings
 from model.checkpoint import save_checkpoint
 from model.tokenizer import CharTokenizer
 from tests.factories import tiny_model
-from tests.helpers import JSON_TEXT, PERSON, ClientFactory, parse_sse, running, served_over_http, wait_until
+from tests.helpers import JSON_TEXT, PERSON, ClientFactory, openai_sdk, parse_sse, running, served_over_http, wait_until
 
 CHAR_REGEX = "[a-z]{1,5}( [a-z]{1,5}){0,2}"
 WORD_REGEX = "( [a-z]+){1,4}"  # mid-line (after a prompt) a word model's text starts with a space
@@ -50,18 +50,6 @@ async def json_client(json_models_dir: Path, redis_url: str) -> AsyncIterator[ht
     settings = Settings(models_dir=json_models_dir, redis_url=redis_url, torch_threads=1)
     async with running(create_app(settings)) as client:
         yield client
-
-
-def sdk(client: httpx.AsyncClient) -> openai.AsyncOpenAI:
-    """The openai SDK on the in-process app."""
-    transport = client._transport  # the app's ASGI transport
-    return openai.AsyncOpenAI(
-        base_url="http://test/v1",
-        api_key="unused",
-        max_retries=0,
-        # the SDK's stubs name its own vendored httpx; at run time it takes this one
-        http_client=httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30),  # type: ignore[arg-type]
-    )
 
 
 async def post(client: httpx.AsyncClient, path: str, body: dict[str, Any], status: int = 200) -> dict[str, Any]:
@@ -190,7 +178,7 @@ async def test_a_session_generates_under_a_constraint(client: httpx.AsyncClient)
 
 
 async def test_the_openai_sdk_sends_constraints_through_extra_body(client: httpx.AsyncClient) -> None:
-    async with sdk(client) as api:
+    async with openai_sdk(client) as api:
         completion = await api.completions.create(
             model="char", prompt="the ", max_tokens=30, seed=4, extra_body={"structured_outputs": {"regex": CHAR_REGEX}}
         )
@@ -200,12 +188,12 @@ async def test_the_openai_sdk_sends_constraints_through_extra_body(client: httpx
             model="char", prompt="the ", max_tokens=30, seed=4, stream=True, extra_body={"guided_regex": CHAR_REGEX}
         )
         assert "".join([chunk.choices[0].text async for chunk in stream if chunk.choices]) == completion.choices[0].text
-        with pytest.raises(openai.UnprocessableEntityError, match="unclosed group"):
+        with pytest.raises(openai.BadRequestError, match="unclosed group"):
             await api.completions.create(model="char", prompt="a", extra_body={"guided_regex": "(ab"})
 
 
 async def test_the_openai_sdk_sends_response_format(json_client: httpx.AsyncClient) -> None:
-    async with sdk(json_client) as api:
+    async with openai_sdk(json_client) as api:
         completion = await api.completions.create(
             model="json",
             prompt="",
@@ -231,15 +219,19 @@ async def test_the_openai_sdk_sends_response_format(json_client: httpx.AsyncClie
         ({"guided_choice": ["c++", "c#"]}, "guided_choice", 'cannot spell any of its options ("c++", "c#")'),
     ],
 )
-async def test_an_unusable_constraint_is_a_422_naming_it(
+async def test_an_unusable_constraint_is_refused_naming_it(
     client: httpx.AsyncClient, body: dict[str, Any], field: str, message: str
 ) -> None:
-    for path in ("/v1/generate", "/v1/completions"):
+    """422 on the native route; OpenAI's 400 invalid_request_error (with `param`) on completions."""
+    for path, status, kind in (
+        ("/v1/generate", 422, "invalid_request"),
+        ("/v1/completions", 400, "invalid_request_error"),
+    ):
         for stream in (False, True):
             response = await client.post(path, json={"prompt": "the cat", "stream": stream, **body})
-            assert response.status_code == 422, response.text  # before any stream opens
+            assert response.status_code == status, response.text  # before any stream opens
             error = response.json()["error"]
-            assert error["type"] == "invalid_request" and error["field"] == field
+            assert error["type"] == kind and error["field"] == field
             assert message in error["message"]
 
 
@@ -256,6 +248,9 @@ async def test_malformed_or_several_constraints_are_422s(client: httpx.AsyncClie
     response = await client.post("/v1/generate", json={"prompt": "a", "guided_regex": "a", "guided_choice": ["a"]})
     assert response.status_code == 422
     assert response.json()["error"]["conflicts"] == ["guided_choice", "guided_regex"]
+    for body in [*malformed, {"guided_json": 42}, {"guided_regex": "a", "guided_choice": ["a"]}]:
+        response = await client.post("/v1/completions", json={"prompt": "a", **body})
+        assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error", body
 
 
 async def test_a_constraint_over_the_size_bound_is_refused(make_client: ClientFactory) -> None:

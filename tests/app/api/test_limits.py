@@ -44,7 +44,7 @@ async def test_size_limits_name_their_setting(make_client: ClientFactory) -> Non
         assert_error(await client.post("/v1/tokenize", json={"text": "x" * 51}), 413, "max_text_chars")
         assert_error(await client.post("/v1/generate", json={"max_tokens": 11}), 422, "max_tokens_limit=10")
         assert_error(
-            await client.post("/v1/completions", json={"prompt": "a", "max_tokens": 11}), 422, "max_tokens_limit"
+            await client.post("/v1/completions", json={"prompt": "a", "max_tokens": 11}), 400, "max_tokens_limit"
         )
         assert_error(await client.post("/v1/score", json={"texts": ["a", "b", "c"]}), 413, "max_score_texts=2")
         assert_error(await client.post("/v1/generate", json={"logprobs": 4}), 422, "max_logprobs=3")

@@ -27,8 +27,17 @@ async def test_response_shape_and_same_text_as_generate(client: httpx.AsyncClien
     assert len(logprobs["tokens"]) == len(logprobs["token_logprobs"]) == len(logprobs["top_logprobs"]) == 12
     assert "".join(logprobs["tokens"]) == choice["text"]
     assert logprobs["text_offset"] == list(range(12))
-    assert all(len(top) <= 2 for top in logprobs["top_logprobs"])
-    assert body["usage"] == {"prompt_tokens": 7, "completion_tokens": 12, "total_tokens": 19}
+    # OpenAI's logprobs=2: the sampled token and the 2 likeliest (3 entries, or 2 when it is one of them)
+    for token, value, top in zip(logprobs["tokens"], logprobs["token_logprobs"], logprobs["top_logprobs"], strict=True):
+        assert top[token] == value and len(top) in (2, 3)
+        assert sorted(top.values(), reverse=True)[:2] == [v for k, v in top.items()][:2]
+    assert body["usage"] == {
+        "prompt_tokens": 7,
+        "completion_tokens": 12,
+        "total_tokens": 19,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
+    assert body["system_fingerprint"].startswith("rnnlm-") and len(body["system_fingerprint"]) == 22
 
 
 async def test_echo_with_max_tokens_zero_scores_the_prompt(client: httpx.AsyncClient) -> None:
@@ -40,13 +49,16 @@ async def test_echo_with_max_tokens_zero_scores_the_prompt(client: httpx.AsyncCl
     assert logprobs["tokens"] == ["the", " cat", " sat"]
     assert logprobs["text_offset"] == [0, 4, 9]  # offsets into the prompt as sent
     scored = (await client.post("/v1/score", json={"model": "word", "texts": [prompt]})).json()["results"][0]
-    assert logprobs["token_logprobs"] == pytest.approx([t["logprob"] for t in scored["tokens"]], abs=1e-5)
-    # the prompt's alternatives come from the same log-softmax row, keyed as `tokens` spells tokens:
-    # where the prompt token is the likeliest, its entry equals its logprob exactly (lm-eval's greedy check)
-    for token, value, top in zip(logprobs["tokens"], logprobs["token_logprobs"], logprobs["top_logprobs"], strict=True):
-        ((best, best_value),) = top.items()
-        assert best_value >= value
-        assert (best == token) == (best_value == value)
+    # OpenAI's first prompt token has no number (/v1/score keeps it); the rest are /v1/score's
+    assert logprobs["token_logprobs"][0] is None and logprobs["top_logprobs"][0] is None
+    assert logprobs["token_logprobs"][1:] == pytest.approx([t["logprob"] for t in scored["tokens"]][1:], abs=1e-5)
+    # the prompt's alternatives come from the same log-softmax row, keyed as `tokens` spells tokens: the token
+    # itself and the likeliest; where the prompt token is the likeliest, that is one entry (lm-eval's greedy check)
+    for token, value, top in zip(
+        logprobs["tokens"][1:], logprobs["token_logprobs"][1:], logprobs["top_logprobs"][1:], strict=True
+    ):
+        assert top[token] == value and max(top.values()) >= value
+        assert (len(top) == 1) == (max(top.values()) == value)
     assert body["usage"]["completion_tokens"] == 0 and body["usage"]["prompt_tokens"] == 3
 
 
@@ -55,7 +67,12 @@ async def test_echo_then_generated_tokens(client: httpx.AsyncClient) -> None:
     choice = body["choices"][0]
     assert choice["text"].startswith("hi") and len(choice["text"]) == 5
     assert choice["logprobs"]["text_offset"] == [0, 1, 2, 3, 4]
-    assert choice["logprobs"]["top_logprobs"][2:] == [{}, {}, {}]
+    # logprobs=0: each token's own entry, the prompt's second token's too (its first has none, as OpenAI's)
+    logprobs = choice["logprobs"]
+    assert logprobs["top_logprobs"][0] is None and logprobs["token_logprobs"][0] is None
+    assert logprobs["top_logprobs"][1:] == [
+        {token: value} for token, value in zip(logprobs["tokens"][1:], logprobs["token_logprobs"][1:], strict=True)
+    ]
 
 
 async def test_several_prompts_and_stop(client: httpx.AsyncClient) -> None:
@@ -76,24 +93,27 @@ async def test_stream_in_openai_format(client: httpx.AsyncClient) -> None:
     chunks = [data for _, data in events[:-1]]
     assert all(c["object"] == "text_completion" for c in chunks)
     assert "".join(c["choices"][0]["text"] for c in chunks) == whole["choices"][0]["text"]
-    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
-    assert [c["choices"][0]["logprobs"]["tokens"][0] for c in chunks[:-1]] == whole["choices"][0]["logprobs"]["tokens"]
+    # vLLM's: the finish rides on the last token's chunk, no extra empty chunk
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * 5 + ["length"]
+    assert [c["choices"][0]["logprobs"]["tokens"][0] for c in chunks] == whole["choices"][0]["logprobs"]["tokens"]
+    assert [c["choices"][0]["logprobs"]["top_logprobs"][0] for c in chunks] == whole["choices"][0]["logprobs"][
+        "top_logprobs"
+    ]
 
 
 @pytest.mark.parametrize(
     ("body", "status", "needle"),
     [
-        ({"prompt": "a", "n": 3, "best_of": 2}, 422, "best_of=2 is less than n=3"),
-        ({"prompt": "a", "best_of": 3, "stream": True}, 422, "best_of"),
-        ({"prompt": [1, 2, 999]}, 422, "token id 999"),
-        ({"prompt": "a", "logit_bias": {"x": 1}}, 422, "logit_bias"),
-        ({"prompt": "a", "logit_bias": {"3": 101}}, 422, "logit_bias"),
-        ({"prompt": "a", "suffix": " b"}, 422, "backward partner"),
+        ({"prompt": "a", "n": 3, "best_of": 2}, 400, "best_of=2 is less than n=3"),
+        ({"prompt": "a", "best_of": 3, "stream": True}, 400, "best_of"),
+        ({"prompt": [1, 2, 999]}, 400, "token id 999"),
+        ({"prompt": "a", "logit_bias": {"x": 1}}, 400, "logit_bias"),
+        ({"prompt": "a", "logit_bias": {"3": 101}}, 400, "logit_bias"),
+        ({"prompt": "a", "suffix": " b"}, 400, "backward partner"),
         ({"prompt": "a", "n": 65}, 413, "max_active_sequences"),
-        ({"prompt": ["a", "b"], "stream": True}, 422, "single prompt"),
-        ({"prompt": "a", "stream": True, "echo": True, "logprobs": 1}, 422, "not streamed"),
+        ({"prompt": "a", "stream": True, "echo": True, "logprobs": 1}, 400, "not streamed"),
         ({"prompt": "a", "model": "nope"}, 404, "nope"),
-        ({"max_tokens": 3}, 422, "prompt"),
+        ({"max_tokens": 3}, 400, "prompt"),
     ],
 )
 async def test_bad_requests(client: httpx.AsyncClient, body: dict, status: int, needle: str) -> None:
@@ -120,8 +140,8 @@ async def test_token_id_prompts_score_as_text_and_a_leading_boundary_is_the_star
     as_text = await complete(client, model="word", prompt=text, max_tokens=0, echo=True, logprobs=0)
     as_ids = await complete(client, model="word", prompt=ids, max_tokens=0, echo=True, logprobs=0)
     with_start = await complete(client, model="word", prompt=[boundary + ids], max_tokens=0, echo=True, logprobs=0)
-    assert as_text["choices"][0]["logprobs"]["token_logprobs"] == pytest.approx(expected, abs=1e-5)
-    assert as_ids["choices"][0]["logprobs"]["token_logprobs"] == pytest.approx(expected, abs=1e-5)
+    for answer in (as_text, as_ids):  # the first token null, as OpenAI's
+        assert answer["choices"][0]["logprobs"]["token_logprobs"] == pytest.approx([None, *expected[1:]], abs=1e-5)
     started = with_start["choices"][0]["logprobs"]
     assert started["token_logprobs"][0] is None and started["top_logprobs"][0] is None
     assert started["token_logprobs"][1:] == pytest.approx(expected, abs=1e-5)
@@ -170,7 +190,12 @@ async def test_include_usage_sends_a_last_chunk_with_the_usage(client: httpx.Asy
     events = parse_sse((await client.post("/v1/completions", json=body)).text)
     assert events[-1] == ("message", "[DONE]")
     last = events[-2][1]
-    assert last["choices"] == [] and last["usage"] == {"prompt_tokens": 2, "completion_tokens": 4, "total_tokens": 6}
+    assert last["choices"] == [] and last["usage"] == {
+        "prompt_tokens": 2,
+        "completion_tokens": 4,
+        "total_tokens": 6,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
     assert all(data["usage"] is None for _, data in events[:-2])
 
 
@@ -179,7 +204,7 @@ async def test_edge_prompts_never_fail(client: httpx.AsyncClient, prompt: object
     body = {"model": "word", "prompt": prompt, "max_tokens": 0, "echo": True, "logprobs": 1}
     response = await client.post("/v1/completions", json=body)
     if prompt == []:
-        assert response.status_code == 422 and "prompt" in response.json()["error"]["message"]
+        assert response.status_code == 400 and "prompt" in response.json()["error"]["message"]
         return
     assert response.status_code == 200, response.text
     generated = await client.post("/v1/completions", json={**body, "max_tokens": 3, "seed": 1})
@@ -198,9 +223,10 @@ async def test_a_shared_prefix_is_fed_once_with_the_same_numbers(make_client: Cl
     for shared, alone, score in zip(*answers, scored, strict=True):
         assert shared["logprobs"]["tokens"] == alone["logprobs"]["tokens"]
         assert shared["logprobs"]["token_logprobs"] == pytest.approx(alone["logprobs"]["token_logprobs"], abs=1e-5)
-        assert shared["logprobs"]["token_logprobs"] == pytest.approx([t["logprob"] for t in score["tokens"]], abs=1e-5)
-        assert [set(t) for t in shared["logprobs"]["top_logprobs"]] == [
-            set(t) for t in alone["logprobs"]["top_logprobs"]
+        expected = [None, *[t["logprob"] for t in score["tokens"]][1:]]
+        assert shared["logprobs"]["token_logprobs"] == pytest.approx(expected, abs=1e-5)
+        assert [set(t or ()) for t in shared["logprobs"]["top_logprobs"]] == [
+            set(t or ()) for t in alone["logprobs"]["top_logprobs"]
         ]
 
 

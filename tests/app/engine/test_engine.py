@@ -219,3 +219,28 @@ async def test_a_beam_never_chooses_unk_unless_allowed(engine: Engine) -> None:
         await engine.beam(engine.fresh(), BeamSettings(beam_width=3, max_tokens=5, allow_unk=True))
     ).hypotheses()
     assert allowed[0].ids == [unk] * 5
+
+
+async def test_a_lower_priority_value_is_fed_first() -> None:
+    """vLLM's priority: one token fed per tick, so the order the feeds finish in is the order they were fed."""
+    tokenizer = char_tokenizer()
+    engine = Engine(
+        Checkpoint(model=tiny_model(tokenizer), tokenizer=tokenizer),
+        Settings(max_active_sequences=4, max_queued_requests=8, prefill_tokens_per_step=1, prefix_cache_mb=0),
+    )
+    engine.start()
+    try:
+        ids = ids_of(engine, "abcd")
+        done: list[int] = []
+
+        async def feed(priority: int) -> None:
+            await engine.feed(engine.fresh(), ids, priority=priority)
+            done.append(priority)
+
+        with engine.scheduler._lock:  # all four arrive in one tick
+            tasks = [asyncio.create_task(feed(priority)) for priority in (5, 0, 1, 0)]
+            await asyncio.sleep(0)  # each submits (admit re-enters the lock) and waits
+        await asyncio.gather(*tasks)
+        assert done == [0, 0, 1, 5]
+    finally:
+        engine.close()

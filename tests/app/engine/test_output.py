@@ -85,3 +85,30 @@ def test_a_stop_string_made_of_multibyte_characters_stops_without_leaking() -> N
 def test_a_length_cut_inside_a_character_ends_with_a_replacement_character() -> None:
     released, finish = run_output("가나", max_tokens=4)  # 가 (3 bytes) and the first byte of 나
     assert "".join(released) == "가\ufffd" and finish == "length"
+
+
+def test_a_stop_string_is_kept_at_the_end_with_include() -> None:
+    matcher = StopStringMatcher(("abc",), include=True)
+    assert matcher.push("xab") == "x" and matcher.push("cyz") == "abc" and matcher.stopped == "abc"
+
+
+def push_all(output: TextOutput, tokenizer: CharTokenizer, text: str) -> tuple[str, str | None]:
+    shown, finish = "", None
+    for character in text:
+        step = output.push(tokenizer.index[character], eos_id=None)
+        shown += step.text
+        if step.finish:
+            finish = step.finish
+            break
+    return shown, finish
+
+
+@pytest.mark.parametrize(("include", "expected"), [(False, "ab"), (True, "abc")])
+def test_a_stop_token_id_ends_the_text_and_names_itself(include: bool, expected: str) -> None:
+    tokenizer = CharTokenizer(["<unk>", "\n", "a", "b", "c", "d"])
+    stop_id = tokenizer.index["c"]
+    output = TextOutput(tokenizer, (), previous=1, max_tokens=100, stop_ids=(stop_id,), include_stop=include)
+    assert push_all(output, tokenizer, "abcd") == (expected, "stop") and output.stop_reason == stop_id
+    strings = TextOutput(tokenizer, ("bc",), previous=1, max_tokens=100, include_stop=include)
+    shown, finish = push_all(strings, tokenizer, "abcd")
+    assert (shown, finish, strings.stop_reason) == ("abc" if include else "a", "stop", "bc")

@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from app.completions import serving as completions_serving
+from app.completions import stream as completions_stream
 from app.errors import EngineClosed, ServiceError, SessionConflict, StoreUnavailable
 from app.sessions.serving import SessionService
 from tests.helpers import parse_sse
@@ -54,7 +55,7 @@ async def test_a_completion_error_reads_the_same_whole_and_streamed(
         raise error
 
     monkeypatch.setattr(completions_serving, "complete", failing)
-    monkeypatch.setattr(completions_serving.CompletionStream, "finish", failing)
+    monkeypatch.setattr(completions_stream.CompletionStream, "finish", failing)
     body = {"prompt": "a", "max_tokens": 1, "seed": 1}
     whole = await client.post("/v1/completions", json=body)
     streamed = await client.post("/v1/completions", json={**body, "stream": True})
@@ -69,7 +70,7 @@ async def test_a_bug_in_a_stream_reads_as_the_500_body(
     async def broken(*args: object) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(completions_serving.CompletionStream, "finish", broken)
+    monkeypatch.setattr(completions_stream.CompletionStream, "finish", broken)
     streamed = await client.post("/v1/completions", json={"prompt": "a", "max_tokens": 1, "stream": True})
     events = parse_sse(streamed.text)
     assert events[-1] == ("message", {"error": {"type": "internal_error", "message": "internal server error"}})
