@@ -140,7 +140,10 @@ def nginx_upstreams() -> dict[str, list[str]]:
     """upstream name -> its lines (directives), from docker/nginx.conf."""
     text = NGINX_CONF.read_text(encoding="utf-8")
     blocks = re.findall(r"^upstream (\w+) \{\n(.*?)^\}", text, flags=re.M | re.S)
-    return {name: [line.strip() for line in body.splitlines() if line.strip() and not line.strip().startswith("#")] for name, body in blocks}
+    return {
+        name: [line.strip() for line in body.splitlines() if line.strip() and not line.strip().startswith("#")]
+        for name, body in blocks
+    }
 
 
 def test_nginx_balances_every_replica_and_hashes_sessions() -> None:
@@ -156,7 +159,11 @@ def test_nginx_balances_every_replica_and_hashes_sessions() -> None:
     (session_route,) = re.findall(r'location ~ "([^"]+)"', text)
     pattern = re.compile(session_route.replace("?<rnnlm_session>", "?P<rnnlm_session>"))
     session_id = "5f6dd3596559780d6d394fc59300caa8"
-    for path in (f"/v1/sessions/{session_id}", f"/v1/sessions/{session_id}/feed", f"/v1/sessions/{session_id}/generate"):
+    for path in (
+        f"/v1/sessions/{session_id}",
+        f"/v1/sessions/{session_id}/feed",
+        f"/v1/sessions/{session_id}/generate",
+    ):
         match = pattern.search(path)
         assert match and match.group("rnnlm_session") == session_id
     for path in ("/v1/sessions", "/v1/sessions/import", "/v1/generate", f"/v1/sessions/{session_id}x"):
@@ -177,7 +184,9 @@ def test_bind_mounts_and_build_contexts_exist() -> None:
             source = interpolated_default(mount).split(":")[0]
             if source.startswith("."):
                 # ./models is made by `make serve` or the trainer; ../shared/data is the corpora.
-                assert source in {"./models", "../shared/data"} or (ROOT / source).exists(), f"{name}: {source} is missing"
+                assert source in {"./models", "../shared/data"} or (ROOT / source).exists(), (
+                    f"{name}: {source} is missing"
+                )
             else:
                 assert source in compose["volumes"], f"{name}: volume {source} is not declared"
 
@@ -246,13 +255,17 @@ def compose_command() -> list[str] | None:
     return ["docker-compose"] if shutil.which("docker-compose") else None
 
 
-@pytest.mark.skipif(compose_command() is None, reason="no podman-compose, `docker compose` or `docker-compose` installed")
+@pytest.mark.skipif(
+    compose_command() is None, reason="no podman-compose, `docker compose` or `docker-compose` installed"
+)
 def test_compose_config_accepts_the_files() -> None:
     """The compose tool's own reading of the files (interpolation, profiles, the GPU override); needs no engine."""
     command = compose_command()
     assert command is not None
     for files in (["-f", "docker-compose.yml"], ["-f", "docker-compose.yml", "-f", "docker-compose.gpu.yml"]):
         for profiles in ([], ["--profile", "trainer"]):
-            result = subprocess.run([*command, *files, *profiles, "config"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+            result = subprocess.run(
+                [*command, *files, *profiles, "config"], cwd=ROOT, capture_output=True, text=True, timeout=60
+            )
             assert result.returncode == 0, result.stderr
             assert "api-2" in result.stdout

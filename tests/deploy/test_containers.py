@@ -17,10 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -30,57 +27,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.factories import make_checkpoint
+from tests.deploy.podman import MODEL, PODMAN_COMPOSE, PROBLEM, podman
 from tests.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-PODMAN_COMPOSE = Path(sys.executable).with_name("podman-compose")
-MODEL = "tiny-char"
-
-
-def podman_problem() -> str | None:
-    """Why containers cannot run here, or None."""
-    if shutil.which("podman") is None:
-        return "podman is not installed (.ci/run installs podman, runc and debootstrap)"
-    info = subprocess.run(["podman", "info"], capture_output=True, text=True, timeout=60)
-    if info.returncode != 0:
-        return f"podman cannot run here: {(info.stderr.strip().splitlines() or ['podman info failed'])[-1]}"
-    if not PODMAN_COMPOSE.exists():
-        return "podman-compose is not installed (the test extra of pyproject.toml)"
-    images = subprocess.run(["podman", "image", "exists", "localhost/debian:bookworm-min"], timeout=60)
-    if images.returncode != 0 and shutil.which("debootstrap") is None:
-        return "no local Debian base image and no debootstrap to make one"
-    return None
-
-
-PROBLEM = podman_problem()
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(PROBLEM is not None, reason=PROBLEM or "")]
-
-
-def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"podman {' '.join(args)}: {result.stderr[-2000:]}")
-    return result
-
-
-@pytest.fixture(scope="module")
-def images() -> None:
-    """The CPU images, built (cold: minutes) or found with every layer cached (seconds)."""
-    result = subprocess.run(
-        [str(ROOT / "docker" / "build-local.sh")], cwd=ROOT, capture_output=True, text=True, timeout=1500
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-
-
-@pytest.fixture(scope="module")
-def models_dir() -> Iterator[Path]:
-    """A tiny checkpoint in a directory the images' user (uid 10001) can read."""
-    directory = Path(tempfile.mkdtemp(prefix="rnnlm-deploy-models-"))
-    directory.chmod(0o755)
-    make_checkpoint(directory / MODEL)
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 def wait_healthy(container: str, timeout: float = 90.0) -> None:
@@ -141,7 +92,9 @@ def test_images(images: None) -> None:
     inspect = json.loads(podman("image", "inspect", "localhost/rnnlm-api").stdout)[0]
     health = inspect["Healthcheck"]["Test"]  # podman keeps it beside Config (docker format)
     assert health[0] == "CMD" and "http://127.0.0.1:8000/ready" in health[-1]
-    version = podman("run", "--rm", "--entrypoint", "python", "localhost/rnnlm-api", "-c", "import torch; print(torch.__version__)")
+    version = podman(
+        "run", "--rm", "--entrypoint", "python", "localhost/rnnlm-api", "-c", "import torch; print(torch.__version__)"
+    )
     assert version.stdout.strip().endswith("+cpu")
 
 
@@ -294,7 +247,9 @@ def test_replica_killed_while_8_clients_feed_sessions(stack: Stack) -> None:
             assert len(client.applied) >= client.acknowledged
             state = http.get(f"/v1/sessions/{client.session}").json()
             assert state["token_count"] == len(text)  # every acknowledged feed is there, nothing else
-            generated = http.post(f"/v1/sessions/{client.session}/generate", json={"max_tokens": 10, "seed": client.index})
+            generated = http.post(
+                f"/v1/sessions/{client.session}/generate", json={"max_tokens": 10, "seed": client.index}
+            )
             one_shot = http.post("/v1/generate", json={"prompt": text, "max_tokens": 10, "seed": client.index})
             assert generated.status_code == 200 and one_shot.status_code == 200
             assert generated.json()["text"] == one_shot.json()["text"]
