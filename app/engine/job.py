@@ -71,6 +71,7 @@ class Job:
         self.with_logprobs = with_logprobs
         self.top_logprobs = top_logprobs  # alternatives wanted at each fed position
         self.fed = 0
+        self.admitted_at = 0.0  # time.perf_counter() at admission (the latency histograms start there)
         self.fed_logprobs: list[float] = []
         self.fed_top: list[Top] = []
         self.cancelled = False

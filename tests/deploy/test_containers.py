@@ -66,7 +66,7 @@ class Stack:
 def stack(images: None, models_dir: Path) -> Iterator[Stack]:
     project = f"rnnlm-test-{os.getpid()}"
     port = free_port()
-    env = {**os.environ, "MODELS_DIR": str(models_dir), "RNNLM_PORT": str(port)}
+    env = {**os.environ, "MODELS_DIR": str(models_dir), "HTTP_PORT": str(port)}
     compose = [str(PODMAN_COMPOSE), "-p", project, "--env-file", "docker/local.env"]
     up = subprocess.run([*compose, "up", "-d"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     try:

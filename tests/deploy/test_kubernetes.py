@@ -165,7 +165,7 @@ def test_podman_plays_redis_and_the_api_and_ready_answers(played: str) -> None:
             pass
         assert time.monotonic() < deadline, "the API pod never became ready"
         time.sleep(0.5)
-    assert ready.json()["checks"] == {"models": True, "redis": True}  # Redis reached through the ConfigMap
+    assert ready.json()["checks"] == {"models": True, "accepting": True, "redis": True}  # Redis through the ConfigMap
     created = httpx.post(f"{played}/v1/sessions", json={"prompt": "the "}, timeout=30)
     assert created.status_code == 201 and created.json()["model"] == MODEL
     assert httpx.get(f"{played}/health", timeout=5).json() == {"status": "ok"}
