@@ -21,6 +21,11 @@ class Settings(BaseSettings):
         default=None, description="model used when a request names none (else the first by name)"
     )
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto = cuda when available, else cpu")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="the weights' and recurrent states' precision; auto = bfloat16 where the device computes it "
+        "natively (a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16), else float32; logprobs are float32 either way",
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     models_poll_seconds: float = Field(

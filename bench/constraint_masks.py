@@ -116,7 +116,7 @@ def measure_llguidance(tokenizer: Tokenizer, constraint: Constraint, steps: int,
     vocabulary = ConstraintVocabulary(tokenizer)
     vocabulary.view()
     started = time.perf_counter()
-    template = vocabulary.compile(constraint, at_line_start=False)
+    template = vocabulary.compile(constraint, at_line_start=False).matcher
     compile_s = time.perf_counter() - started
     end = vocabulary.end_id
 

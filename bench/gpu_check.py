@@ -198,6 +198,7 @@ def speedrun_figures(recipe: str, out: Path, minutes: float, rc: int | None, tim
     training = json.loads(config_path.read_text())["training"]
     key, target, label = SPEEDRUNS[recipe]
     keep = ("test_ppl", "val_ppl", "val_loss_nats", "test_loss_nats", "val_bpc", "epochs", "steps", "tokens_seen")
+    figures["precision"] = training.get("precision")  # the recipes ask for bf16
     figures.update({k: training[k] for k in keep if k in training})
     figures["elapsed_s"] = training.get("elapsed_seconds")
     peak = training.get("gpu_memory_peak_bytes")

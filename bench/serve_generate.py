@@ -7,7 +7,9 @@ the model's batched one-token forward alone at batch N (no sampling, no engine: 
 physical limit of a decode step), measured while the server idles; then N concurrent
 clients each stream a generation of the same length from the server with the given
 sampling settings. Prints tokens/s, the share of the ceiling and the speed-up over one
-client, measured side by side in one run.
+client, measured side by side in one run. With `--dtype float32 bfloat16` (the default) one
+server per RNNLM_DTYPE runs, and each is compared with the forward in its own dtype and
+with the physical ceiling: the faster of the two forwards at that batch.
 
 With `--regex PATTERN` every client count is measured in the same run free and with
 every request constrained to the regex (`structured_outputs.regex`; the vocabulary is
@@ -20,7 +22,7 @@ this checkout's.
 
     nice .venv/bin/python bench/serve_generate.py [--tokens 64] [--clients 1 32 64]
         [--temperature 0.8 --top-p 0.95 --top-k 0] [--regex PATTERN [--repeat 3]]
-        [--torch-threads 1] [--device cpu|cuda] [--json OUT]
+        [--torch-threads 1] [--device cpu|cuda] [--dtype float32 bfloat16] [--json OUT]
 
 Prints figures; never asserts on speed.
 """
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -53,6 +56,7 @@ from model.tokenizer import EOS, UNK, Tokenizer, WordTokenizer
 from tests.live_server import ServeProcess
 
 MODEL_ID = "lstm-2x650"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def build_models_dir(root: Path, vocab_size: int = 10_000, hidden: int = 650, layers: int = 2) -> Path:
@@ -104,7 +108,7 @@ def live_server(models: Path, env_overrides: dict[str, str]) -> Iterator[str]:
 def mask_cost_ms(tokenizer: Tokenizer, regex: str, rows: int, steps: int) -> float:
     """Median milliseconds for one tick's masks of `rows` rows under `regex` (llguidance, as the engine computes them)."""
     vocabulary = ConstraintVocabulary(tokenizer)
-    matchers = [vocabulary.compile(Constraint("regex", regex), at_line_start=True) for _ in range(rows)]
+    matchers = [vocabulary.compile(Constraint("regex", regex), at_line_start=True).matcher for _ in range(rows)]
     rng = random.Random(0)
     times = []
     for _ in range(steps):
@@ -174,6 +178,13 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--torch-threads", type=int, default=None, help="same for the ceiling and the server")
+    parser.add_argument(
+        "--dtype",
+        nargs="+",
+        choices=list(DTYPES),
+        default=["float32", "bfloat16"],
+        help="RNNLM_DTYPE of the servers measured side by side (one server each)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     args = parser.parse_args()
     args.clients = [int(n) for group in args.clients for n in group.split(",") if n]
@@ -182,30 +193,43 @@ def main() -> None:
     threads = torch.get_num_threads()
     sampling: dict[str, Any] = {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k}
 
-    with tempfile.TemporaryDirectory() as tmp:
+    dtypes = [DTYPES[name] for name in args.dtype]
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as servers:
         models = build_models_dir(Path(tmp), hidden=args.hidden, layers=args.layers)
-        model = load_checkpoint(models / MODEL_ID).model.to(args.device)
         env = {
             "RNNLM_TORCH_THREADS": str(threads),
             "RNNLM_MAX_ACTIVE_SEQUENCES": str(max(args.clients) + 8),
             "RNNLM_DEVICE": args.device,
         }
-        ceiling, served, constrained, masks = {}, {}, {}, {}
+        # One server per dtype, all started first; the measurements interleave (each server idles
+        # while another is measured), so load from other jobs falls on every dtype alike.
+        urls = {name: servers.enter_context(live_server(models, {**env, "RNNLM_DTYPE": name})) for name in args.dtype}
+        forward = {
+            name: load_checkpoint(models / MODEL_ID).model.to(args.device, dtype)
+            for name, dtype in zip(args.dtype, dtypes, strict=True)
+        }
+        ceiling: dict[tuple[str, int], float] = {}
+        served: dict[tuple[str, int], float] = {}
+        constrained: dict[tuple[str, int], float] = {}
+        masks: dict[int, float] = {}
         constraint = {"structured_outputs": {"regex": args.regex}}
-        with live_server(models, env) as url:
-            # Interleaved (the server idles while the forward runs), so load from other jobs drifts less between them.
-            for n in args.clients:
-                ceiling[n] = ceiling_tokens_per_second(model, n, args.tokens)
+        for n in args.clients:
+            for name in args.dtype:
+                key = (name, n)
+                ceiling[key] = ceiling_tokens_per_second(forward[name], n, args.tokens)
                 if not args.regex:
-                    served[n] = asyncio.run(served_tokens_per_second(url, n, args.tokens, sampling))
+                    served[key] = asyncio.run(served_tokens_per_second(urls[name], n, args.tokens, sampling))
                     continue
                 # Free and constrained alternate `--repeat` times: the medians, so that load from other
                 # jobs that comes and goes falls on both alike.
                 free, held = [], []
                 for _ in range(args.repeat):
-                    free.append(asyncio.run(served_tokens_per_second(url, n, args.tokens, sampling)))
-                    held.append(asyncio.run(served_tokens_per_second(url, n, args.tokens, {**sampling, **constraint})))
-                served[n], constrained[n] = statistics.median(free), statistics.median(held)
+                    free.append(asyncio.run(served_tokens_per_second(urls[name], n, args.tokens, sampling)))
+                    held.append(
+                        asyncio.run(served_tokens_per_second(urls[name], n, args.tokens, {**sampling, **constraint}))
+                    )
+                served[key], constrained[key] = statistics.median(free), statistics.median(held)
+        load = os.getloadavg()
         if args.regex:
             tokenizer = load_checkpoint(models / MODEL_ID).tokenizer
             masks = {n: mask_cost_ms(tokenizer, args.regex, n, args.tokens) for n in args.clients}
@@ -213,40 +237,57 @@ def main() -> None:
     settings = ", ".join(f"{k} {v:g}" for k, v in sampling.items())
     print(
         f"\n{args.layers}x{args.hidden} LSTM, 10k vocabulary, {args.tokens} tokens per sequence, {settings}, "
-        f"torch threads {threads}, {args.device}"
+        f"torch threads {threads}, {args.device}, load average {load[0]:.2f} {load[1]:.2f}"
     )
     print(
-        f"{'clients':>7} | {'server tok/s':>12} | {'forward-only ceiling tok/s':>26} | {'of ceiling':>10} | {'vs 1 client':>11}"
+        "ceiling: the batched one-token forward alone in the server's dtype; physical: the best of the dtypes "
+        "measured (the machine's fastest precision at that batch)"
     )
-    print("-" * 80)
-    base = served[args.clients[0]]
+    print(
+        f"{'clients':>7} | {'dtype':>8} | {'server tok/s':>12} | {'forward-only tok/s':>18} | {'of it':>6} | "
+        f"{'physical tok/s':>14} | {'of it':>6} | {'vs 1 client':>11}"
+    )
+    print("-" * 104)
     rows = []
     for n in args.clients:
-        rows.append(
-            {
-                "clients": n,
-                "tokens_per_s": served[n],
-                "ceiling_tokens_per_s": ceiling[n],
-                "ratio_to_ceiling": served[n] / ceiling[n],
-                "speedup_vs_one": served[n] / base,
-            }
-        )
-        print(
-            f"{n:>7} | {served[n]:>12.0f} | {ceiling[n]:>26.0f} | {served[n] / ceiling[n]:>10.0%} | {served[n] / base:>10.1f}x"
-        )
+        physical = max(ceiling[(name, n)] for name in args.dtype)
+        for name in args.dtype:
+            key = (name, n)
+            base = served[(name, args.clients[0])]
+            rows.append(
+                {
+                    "clients": n,
+                    "dtype": name,
+                    "tokens_per_s": served[key],
+                    "ceiling_tokens_per_s": ceiling[key],
+                    "ratio_to_ceiling": served[key] / ceiling[key],
+                    "physical_ceiling_tokens_per_s": physical,
+                    "ratio_to_physical": served[key] / physical,
+                    "speedup_vs_one": served[key] / base,
+                }
+            )
+            print(
+                f"{n:>7} | {name:>8} | {served[key]:>12.0f} | {ceiling[key]:>18.0f} | {served[key] / ceiling[key]:>6.0%} | "
+                f"{physical:>14.0f} | {served[key] / physical:>6.0%} | {served[key] / base:>10.1f}x"
+            )
+    if len(args.dtype) > 1:
+        first, *others = args.dtype
+        for other in others:
+            ratios = ", ".join(f"{n}: {served[(other, n)] / served[(first, n)]:.2f}x" for n in args.clients)
+            print(f"server {other} / {first} by clients: {ratios}")
     if args.regex:
-        print(f"\nconstrained to the regex {args.regex!r} (load {os.getloadavg()[0]:.1f})")
+        print(f"\nconstrained to the regex {args.regex!r}")
         print(
-            f"{'clients':>7} | {'free tok/s':>10} | {'constrained tok/s':>17} | {'constrained/free':>16} | "
+            f"{'clients':>7} | {'dtype':>8} | {'free tok/s':>10} | {'constrained tok/s':>17} | {'constrained/free':>16} | "
             f"{'mask ms/step':>12} | {'mask µs/row':>11}"
         )
-        print("-" * 90)
+        print("-" * 101)
         for row in rows:
-            n = row["clients"]
-            row |= {"constrained_tokens_per_s": constrained[n], "mask_ms_per_step": masks[n]}
+            n, key = row["clients"], (row["dtype"], row["clients"])
+            row |= {"constrained_tokens_per_s": constrained[key], "mask_ms_per_step": masks[n]}
             print(
-                f"{n:>7} | {served[n]:>10.0f} | {constrained[n]:>17.0f} | {constrained[n] / served[n]:>16.0%} | "
-                f"{masks[n]:>12.2f} | {masks[n] * 1e3 / n:>11.0f}"
+                f"{n:>7} | {row['dtype']:>8} | {served[key]:>10.0f} | {constrained[key]:>17.0f} | "
+                f"{constrained[key] / served[key]:>16.0%} | {masks[n]:>12.2f} | {masks[n] * 1e3 / n:>11.0f}"
             )
     if args.json:
         settings = {**sampling, "regex": args.regex}

@@ -132,6 +132,18 @@ class SubwordTokenizer(Tokenizer):
         ids = [i for line in lines for i in line.ids]
         return Encoding(ids=ids, tokens=[self.tokens[i] for i in ids], unknown=[False] * len(ids))
 
+    def split_unfinished(self, text: str) -> tuple[str, str]:
+        """An unfinished last word waits, with the whitespace before it: BPE merges a space with the word after it."""
+        cut = len(text)
+        while cut > 0 and not text[cut - 1].isspace():
+            cut -= 1
+        while cut > 0 and text[cut - 1].isspace():
+            cut -= 1
+        return text[:cut], text[cut:]
+
+    def characters(self, ids: list[int]) -> int | None:
+        return len(self.decode(ids))  # the text the bytes spell
+
     def piece(self, token_id: int, previous_id: int | None) -> str:
         """The token's text; a token that holds part of a character shows those bytes as <0xAB>."""
         self.check_id(token_id)

@@ -49,6 +49,10 @@ class Tokenizer:
     kind: TokenizerKind
     tokens: list[str]  # how each id is shown (its text, or a readable stand-in)
     unk_id: int | None  # the token unknown input becomes; None where no input is unknown
+    eos_id: int | None = None  # a token that ends a line and is generated as one (word models' <eos>)
+    separator = ""  # what stands between two tokens in the text, where tokens are whole words (" ")
+    boundary_text = "\n"  # the text that encodes to the boundary token alone
+    lowercase = False  # whether the text is lower-cased before it is cut
 
     @property
     def vocab_size(self) -> int:
@@ -78,6 +82,26 @@ class Tokenizer:
     def invalid_after(self, pending: bytes) -> frozenset[int]:
         """Tokens whose bytes cannot follow `pending`, the bytes of an unfinished character (none but for subwords)."""
         return frozenset()
+
+    def split_unfinished(self, text: str) -> tuple[str, str]:
+        """`text` cut into what can be tokenised now and a tail that more text could still change.
+
+        A character is a token as it arrives: nothing waits (the word and subword levels
+        keep an unfinished word).
+        """
+        return text, ""
+
+    def joins_previous(self, previous_id: int, text: str) -> bool:
+        """Whether `text`, tokenised after the token `previous_id`, would change that token (none but for chars)."""
+        return False
+
+    def characters(self, ids: list[int]) -> int | None:
+        """How many characters `ids` spell, where the tokens say (None for words: `<unk>` hides its text)."""
+        return None
+
+    def source_offsets(self, text: str, encoding: Encoding) -> list[int]:
+        """Where each token of `encoding` (of `text`) starts in `text` as sent, in characters."""
+        return self.text_offsets(encoding.ids)
 
     def text_offsets(self, ids: Iterable[int], previous_id: int | None = None) -> list[int]:
         """Where each token starts in `decode(ids, previous_id)`, in characters."""
@@ -127,6 +151,18 @@ class VocabularyTokenizer(Tokenizer):
         unknown = [i == self.unk_id for i in ids]
         return Encoding(ids=ids, tokens=tokens, unknown=unknown)
 
+    def source_offsets(self, text: str, encoding: Encoding) -> list[int]:
+        """Each surface token found in `text` left to right (normalised text may differ: then the running position)."""
+        offsets, position = [], 0
+        for surface in encoding.tokens:
+            written = "\n" if surface == EOS else surface  # <eos> is a line break in the text
+            found = text.find(written, position)
+            if found < 0:  # NFC or lower-casing changed the surface form: keep the running position
+                found = position
+            offsets.append(found)
+            position = found + len(written)
+        return offsets
+
     def to_dict(self) -> dict[str, Any]:
         return {"format_version": TOKENIZER_FORMAT_VERSION, "kind": self.kind, "tokens": self.tokens}
 
@@ -152,11 +188,24 @@ class CharTokenizer(VocabularyTokenizer):
         self.check_id(token_id)
         return "\ufffd" if token_id == self.unk_id else self.tokens[token_id]
 
+    def joins_previous(self, previous_id: int, text: str) -> bool:
+        """Whether NFC would merge `text`'s start into the character `previous_id` ("e" and a combining acute)."""
+        previous = self.tokens[previous_id]
+        if len(previous) != 1 or not text:
+            return False
+        return normalize(previous + text) != previous + normalize(text)
+
+    def characters(self, ids: list[int]) -> int | None:
+        return len(ids)  # a token is one character (<unk> stands for one)
+
 
 class WordTokenizer(VocabularyTokenizer):
     """Words of each line (model/pretokenize.py says how a line is cut); a line break is `<eos>`."""
 
     kind: TokenizerKind = "word"
+    eos_id: int
+    separator = " "
+    boundary_text = EOS
 
     def __init__(self, tokens: list[str], lowercase: bool = False, pretokenizer: Pretokenizer = "whitespace") -> None:
         super().__init__(tokens)
@@ -185,6 +234,13 @@ class WordTokenizer(VocabularyTokenizer):
     @property
     def boundary_id(self) -> int:
         return self.eos_id
+
+    def split_unfinished(self, text: str) -> tuple[str, str]:
+        """The text after the last whitespace may be an unfinished word: it waits."""
+        cut = len(text)
+        while cut > 0 and not text[cut - 1].isspace():
+            cut -= 1
+        return text[:cut], text[cut:]
 
     def split(self, text: str) -> list[str]:
         text = normalize(text)

@@ -99,16 +99,22 @@ class TrainConfig:
     patience: int = _help("early stopping: validations without improvement before stopping (0 = never)", 0)
     seed: int = _help("random seed (data order is fixed; this seeds init and dropout)", 1111)
     # runtime
-    device: str = _help("cpu or cuda (cuda uses bf16 autocast)", "cpu")
-    amp: bool = _help("bf16 autocast on CUDA", True)
+    device: str = _help("cpu or cuda", "cpu")
+    precision: Literal["auto", "fp32", "bf16"] = _help(
+        "bf16: matmuls under bf16 autocast, float32 master weights, state and loss; auto: bf16 where the device "
+        "computes it natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), else fp32",
+        "auto",
+    )
     threads: int = _help("CPU threads for torch (0 = all cores)", 0)
     log_every: int = _help("steps between progress updates and metrics lines", 50)
     progress: bool = _help("show a progress bar", True)
-    out: str = _help("output checkpoint directory", "runs/model")
+    out: str = _help("output checkpoint directory (default: runs/RECIPE)", "")
     recipe: str = _help("recipe this config came from (informational)", "")
     expected: str = _help("the result this recipe is expected to reach (informational)", "")
 
     def __post_init__(self) -> None:
+        if not self.out:
+            self.out = str(Path("runs") / (self.recipe or "model"))
         self.validate()
 
     def validate(self) -> None:
@@ -201,11 +207,7 @@ def convert(name: str, value: Any) -> Any:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):  # pragma: no cover - no optional fields yet
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-            return value.lower() in ("true", "1", "yes", "on")
-        raise ConfigError(f"{name} must be true or false, not {value!r}")
+        return parse_bool(name, value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, hint) and not isinstance(value, bool):
@@ -218,10 +220,29 @@ def convert(name: str, value: Any) -> Any:
     raise ConfigError(f"{name} must be {hint.__name__}, not {value!r}")
 
 
+def parse_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+        return value.lower() in ("true", "1", "yes", "on")
+    raise ConfigError(f"{name} must be true or false, not {value!r}")
+
+
 def build_config(values: dict[str, Any]) -> TrainConfig:
     """A validated TrainConfig from raw values (every key checked and converted)."""
-    converted = {name: convert(name, value) for name, value in values.items()}
+    converted = {name: convert(name, value) for name, value in upgrade_legacy(values).items()}
     return TrainConfig(**converted)
+
+
+def upgrade_legacy(values: dict[str, Any]) -> dict[str, Any]:
+    """Values saved or written before `precision` existed: `amp` (bf16 autocast on CUDA only)
+    becomes the precision it meant, so an old run resumes as it trained."""
+    values = dict(values)
+    if "amp" in values:
+        amp = parse_bool("amp", values.pop("amp"))
+        on_cuda = str(values.get("device", "cpu")).startswith("cuda")
+        values.setdefault("precision", "bf16" if amp and on_cuda else "fp32")
+    return values
 
 
 def parse_assignment(text: str) -> tuple[str, str]:

@@ -105,10 +105,6 @@ def save_resume_state(directory: Path, state: ResumeState) -> None:
     )
 
 
-def has_resume_state(directory: Path) -> bool:
-    return (directory / STATE_JSON).is_file() and (directory / STATE_TENSORS).is_file()
-
-
 def read_resume_config(directory: Path) -> dict[str, Any]:
     """Only the config of a resume state (to rebuild the run before loading tensors)."""
     return dict(_read_json(directory)["config"])

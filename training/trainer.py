@@ -17,7 +17,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from model.checkpoint import load_checkpoint, save_checkpoint
-from model.network import RNNLM, State, detach_state, select_state, state_tensors
+from model.network import RNNLM, State, detach_state, select_state, state_from_tensors, state_tensors
+from model.precision import bf16_supported
 from model.subword import SubwordTokenizer
 from model.tokenizer import CharTokenizer, Tokenizer, WordTokenizer, normalize
 from model.tokenizers import tokenizer_from_dict
@@ -77,8 +78,21 @@ def make_optimizer(config: TrainConfig, model: RNNLM) -> torch.optim.Optimizer:
     )
 
 
-def state_from_tensors(tensors: list[Tensor]) -> State:
-    return (tensors[0], tensors[1]) if len(tensors) == 2 else tensors[0]
+def resolve_precision(setting: str, device: torch.device) -> str:
+    """The precision a run computes in: `auto` is bf16 where the device has it natively."""
+    if setting == "auto":
+        return "bf16" if bf16_supported(device) else "fp32"
+    return setting
+
+
+def carry(state: State) -> State:
+    """The state handed to the next window: detached (truncated BPTT) and float32 whatever the
+    autocast computed it in, so that precision never compounds across windows and a resume
+    state has one format."""
+    state = detach_state(state)
+    if isinstance(state, tuple):
+        return (state[0].float(), state[1].float())
+    return state.float()
 
 
 class Trainer:
@@ -95,7 +109,7 @@ class Trainer:
         self.context = context or DistributedContext()
         self.device = torch.device(config.device)
         self.out = Path(config.out)
-        self.amp = config.amp and self.device.type == "cuda"
+        self.precision = resolve_precision(config.precision, self.device)
         # The clock of the budget, the schedule and `elapsed`: CPU time is the work done whatever the load.
         self.clock = time.process_time if config.budget_clock == "cpu" else time.perf_counter
         dist_util.init_process_group(self.context, self.device)
@@ -208,7 +222,8 @@ class Trainer:
     # ------------------------------------------------------------- evaluation
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.amp:
+        """bf16 matmuls with float32 master weights; callers take the logits to float32 for the loss."""
+        if self.precision == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -223,6 +238,7 @@ class Trainer:
         for _, inputs, targets in windows(data, self.config.bptt):
             with self.autocast():
                 logits, hidden = model(inputs, hidden)  # (B, T, V)
+            hidden = carry(hidden)
             total += F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum")
         model.train(was_training)
         count = data.shape[0] * (data.shape[1] - 1)
@@ -307,9 +323,9 @@ class Trainer:
             interval_tokens = interval_steps = 0
             loss_sum = torch.zeros((), device=self.device)
             for index, inputs, targets in windows(self.train_data, config.bptt, first=progress.window):
-                self.hidden = detach_state(self.hidden)  # truncated BPTT: no gradient past the window
                 with self.autocast():
-                    logits, self.hidden = self.network(inputs, self.hidden)  # (B, T, V)
+                    logits, hidden = self.network(inputs, self.hidden)  # (B, T, V)
+                self.hidden = carry(hidden)  # truncated BPTT: no gradient past the window
                 loss = F.cross_entropy(logits.float().view(-1, vocab_size), targets.reshape(-1))
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
@@ -361,7 +377,8 @@ class Trainer:
         """Progress bar and metrics line; tokens per CPU-second is the figure that survives a busy machine."""
         figures = quality(mean_loss, self.config.level, self.split_stats["train"])
         shown = f"ppl {figures['ppl']:.1f}" if self.config.level == "word" else f"bpc {figures['bpc']:.3f}"
-        bar.set_postfix_str(f"loss {mean_loss:.3f} {shown} {speed:,.0f} tok/s lr {lr:.3g}", refresh=False)
+        postfix = f"loss {mean_loss:.3f} {shown} {speed:,.0f} tok/s lr {lr:.3g} {self.precision}"
+        bar.set_postfix_str(postfix, refresh=False)
         self.metrics.write(
             "train",
             step=self.progress.step,
@@ -418,6 +435,7 @@ class Trainer:
             "val_ppl": quality(val_loss, config.level)["ppl"] if math.isfinite(val_loss) else None,
             "world_size": self.context.world_size,
             "device": self.device.type,
+            "precision": self.precision,
             "config": config.to_dict(),
         }
         if self.device.type == "cuda":  # what the run needed of the GPU (bench/gpu_check.py reports it)

@@ -14,7 +14,7 @@ from app.errors import InvalidRequest
 from app.models.registry import ServedModel
 from app.settings import Settings
 from model.sampling import SamplingParams
-from model.tokenizer import Tokenizer, WordTokenizer
+from model.tokenizer import Tokenizer
 
 
 def generation_settings(
@@ -29,7 +29,7 @@ def generation_settings(
     check_logprobs(settings, top_logprobs)
     check_top_k(tokenizer, fields.top_k, served.id)
     # Only word models have an end-of-text token; a char model's "\n" is ordinary text (use stop=["\n"]).
-    eos_id = tokenizer.eos_id if isinstance(tokenizer, WordTokenizer) and fields.stop_at_eos else None
+    eos_id = tokenizer.eos_id if fields.stop_at_eos else None
     return GenerationSettings(
         max_tokens=max_tokens,
         sampling=SamplingParams(

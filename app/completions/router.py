@@ -20,6 +20,8 @@ async def completions(
     body: CompletionRequest, models: ModelsDep, settings: SettingsDep, request: Request
 ) -> CompletionResponse | EventSourceResponse:
     if body.stream:
-        generation, renderer = serving.start_stream(models, settings, body)  # admission (429) before the stream opens
+        generation, renderer = await serving.start_stream(
+            models, settings, body
+        )  # admission (429) before the stream opens
         return event_source(generation, renderer)
     return await unless_client_leaves(request, serving.complete(models, settings, body))

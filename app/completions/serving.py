@@ -124,8 +124,7 @@ def _prompt(settings: Settings, tokenizer: Tokenizer, raw: str | list[int], inde
         check_text(settings, raw, f"prompt[{index}]")
         encoding = tokenizer.encode(raw)
         ids, text = encoding.ids, raw
-        # A subword text is its tokens' bytes (NFC): offsets by characters, not by finding surfaces.
-        offsets = tokenizer.text_offsets(ids) if tokenizer.kind == "subword" else _offsets_in(raw, encoding.tokens)
+        offsets = tokenizer.source_offsets(raw, encoding)
     else:
         bad = [token for token in raw if not 0 <= token < tokenizer.vocab_size]
         if bad:
@@ -139,18 +138,6 @@ def _prompt(settings: Settings, tokenizer: Tokenizer, raw: str | list[int], inde
     if ids and ids[0] == tokenizer.boundary_id:
         return Prompt(text, ids[1:], True, offsets)
     return Prompt(text, ids, False, offsets)
-
-
-def _offsets_in(text: str, surfaces: list[str]) -> list[int]:
-    """Where each token starts in the text as sent (found left to right; normalised text may differ)."""
-    offsets, position = [], 0
-    for surface in surfaces:
-        found = text.find("\n" if surface == "<eos>" else surface, position)
-        if found < 0:  # NFC or lower-casing changed the surface form: keep the running position
-            found = position
-        offsets.append(found)
-        position = found + len(surface)
-    return offsets
 
 
 # ---- whole answers ----------------------------------------------------------------------
@@ -189,7 +176,7 @@ async def complete(models: ModelRegistry, settings: Settings, request: Completio
         for index, prompt in enumerate(prepared.prompts):
             length, head = starts[index]
             generations.append(
-                engine.generate(
+                await engine.generate(
                     head.end,
                     prepared.plans[index],
                     prompt.ids[length:],
@@ -311,13 +298,13 @@ def _join(first: CompletionLogprobs, second: CompletionLogprobs) -> CompletionLo
 # ---- the stream -------------------------------------------------------------------------
 
 
-def start_stream(
+async def start_stream(
     models: ModelRegistry, settings: Settings, request: CompletionRequest
 ) -> tuple[Generation, CompletionStream]:
     """Check the request and admit the one prompt's n choices (EngineBusy when full), before the stream opens."""
     prepared = prepare_completion(models, settings, request)
     engine, prompt = prepared.served.engine, prepared.prompts[0]
-    generation = engine.generate(engine.fresh(), prepared.plans[0], prompt.ids, n=prepared.request.n)
+    generation = await engine.generate(engine.fresh(), prepared.plans[0], prompt.ids, n=prepared.request.n)
     return generation, CompletionStream(prepared)
 
 

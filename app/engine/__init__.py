@@ -7,21 +7,22 @@ caller can keep a sequence anywhere (in memory, in Redis) and continue it later:
     start = engine.fresh()                                   # start of a line
     fed = await engine.feed(start, ids)                      # logprobs of ids, state after them
     dist = await engine.next_token(fed.end)                  # log p(next | everything so far), (V,)
-    async with engine.generate(fed.end, settings, n=2) as gen:   # sample 2 choices; TokenEvents
+    async with await engine.generate(fed.end, settings, n=2) as gen:   # sample 2 choices; TokenEvents
         async for event in gen: ...
     gen.results[0].end                                       # choice 0's state after its tokens
-    found = await engine.beam(fed.end, beam_settings)        # beam search (also the fill's spans)
+    found = await (await engine.beam(fed.end, beam_settings)).hypotheses()   # beam search (also the fill's spans)
 
 The parts, each a module:
-- engine.py: `Engine`, which builds a job per call and admits it (EngineBusy before
-  anything starts);
+- engine.py: `Engine`, which compiles a call's constraint (on a thread), builds its job
+  and admits it (ConstraintError, EngineBusy before anything starts);
 - scheduler.py: the worker thread: one admission, the feeding of prompts, one batched
   forward per tick, and the hand-off of results to each event loop;
 - job.py: what a job and a decode row are; query.py, sampled.py and beam.py: the kinds
   (plain feeds and next-token queries, sampled generation, beam search);
 - constraint.py: constrained decoding (a regex, choice, JSON schema or grammar), llguidance's
-  matchers over the model's byte view; constrained.py: what a constraint asks of a sampled
-  row each tick (its masks, applied before the sampler, and how it ends);
+  matchers over the model's byte view, compiled once per request off the event loop;
+  row_constraint.py: one row's constraint (its matcher, masks and the mask coming), owned by
+  sampled and beam rows alike;
 - prefix_cache.py: the states after prompts' prefixes, kept across requests (the
   scheduler resumes a prompt from the longest one);
 - output.py: generated ids to text (UTF-8 assembly and stop strings); types.py: the

@@ -13,14 +13,13 @@ import math
 from typing import Any
 
 import torch
-from llguidance import LLMatcher
 from torch import Tensor
 from typing_extensions import Self
 
-from app.engine.constraint import Constraint
+from app.engine.constraint import CompiledConstraint
 from app.engine.job import Job, Row, Worker
+from app.engine.row_constraint import RowConstraint
 from app.engine.sampled import Cancellable
-from app.errors import ConstraintError
 from model.beam_search import BeamSearch, BeamSettings, Hypothesis
 from model.network import state_tensors
 
@@ -28,61 +27,47 @@ from model.network import state_tensors
 class BeamJob(Job):
     """Feed a prompt, then search; its cost is the most rows it holds at once (the beams and the greedy path).
 
-    With a `constraint` every row carries a matcher: the tokens it does not allow get
-    -inf before the search scores its candidates (the others keep the model's own
-    log-probabilities), a row of the next step takes a copy of its parent's matcher
-    moved by its token, and the constraint's end token (the line boundary) is the
-    search's end of text, so a hypothesis that completes the constraint ends with it.
+    With a constraint (`compiled` before admission, off the event loop) every row owns a
+    RowConstraint: the tokens it does not allow get -inf before the search scores its
+    candidates (the others keep the model's own log-probabilities), a row of the next
+    step takes a copy of its parent's moved by its token, and the constraint's end token
+    (the line boundary) is the search's end of text, so a hypothesis that completes the
+    constraint ends with it.
     """
 
-    def __init__(self, settings: BeamSettings, constraint: Constraint | None = None, **job: Any) -> None:
+    def __init__(self, settings: BeamSettings, compiled: CompiledConstraint | None = None, **job: Any) -> None:
         super().__init__(**job)
         self.search = BeamSearch(settings)
         self.cost = settings.beam_width + settings.with_greedy
-        self.constraint = constraint
-        self.matchers: list[LLMatcher] = []  # with a constraint: one per row, in the search's row order
+        self.compiled = compiled
+        self.constraints: list[RowConstraint] = []  # with a constraint: one per row, in the search's row order
 
     def start(self, worker: Worker) -> None:
         if self.search.done:
             worker.finish(self)
             worker.deliver(self, [])
             return
-        if self.constraint is not None:
-            try:
-                at_line_start = self.pending == worker.tokenizer.boundary_id
-                self.matchers = [
-                    worker.constraints.compile(self.constraint, at_line_start) for _ in range(self.search.rows)
-                ]
-            except ConstraintError as exc:  # checked before admission; only a cache eviction compiles it again here
-                worker.finish(self)
-                worker.deliver(self, exc)
-                return
+        if self.compiled is not None:
+            self.constraints = [RowConstraint.of(self.compiled, worker.constraints) for _ in range(self.search.rows)]
         start = state_tensors(self.state)
         self.rows = [BeamRow(self) for _ in range(self.search.rows)]
         for row in self.rows:
             worker.pool.add(row, start, self.pending)
 
-    def advance(self, worker: Worker, logits: Tensor) -> None:
+    def step(self, worker: Worker, logits: Tensor) -> None:
         """One step of the search on its rows' logits (rows, V); answer when it is done."""
         logprobs = torch.log_softmax(logits.double(), dim=-1)  # (rows, V)
-        if self.matchers:
-            allowed = worker.constraints.masks(self.matchers, logprobs.device)  # (rows, V)
+        if self.constraints:
+            allowed = RowConstraint.masks(worker.constraints, self.constraints, logprobs.device)  # (rows, V)
             logprobs = logprobs.masked_fill(~allowed, -math.inf)
         next_rows = self.search.step(logprobs)
         if self.search.done:
             worker.finish(self)
             worker.deliver(self, self.search.hypotheses())
             return
-        if self.matchers:
-            self.matchers = [self._moved(self.matchers[parent], token) for parent, token in next_rows]
+        if self.constraints:
+            self.constraints = [self.constraints[parent].moved(token) for parent, token in next_rows]
         self._reorder(worker, next_rows)
-
-    @staticmethod
-    def _moved(parent: LLMatcher, token: int) -> LLMatcher:
-        """A copy of a parent row's matcher that has taken `token` (refused: the copy is in error and allows nothing)."""
-        matcher = parent.deep_copy()
-        matcher.consume_token(token)
-        return matcher
 
     def _reorder(self, worker: Worker, next_rows: list[tuple[int, int]]) -> None:
         """The rows of the next step: each the state of its parent row, its token pending."""
@@ -116,7 +101,7 @@ class BeamRow(Row):
         """
         position: dict[Row, int] = {row: i for i, row in enumerate(rows)}
         for job in dict.fromkeys(row.beam_job for row in rows):
-            job.advance(worker, logits[[position[row] for row in job.rows]])
+            job.step(worker, logits[[position[row] for row in job.rows]])
 
 
 class BeamRun:

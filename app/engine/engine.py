@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from app.engine.beam import BeamJob, BeamRun
-from app.engine.constraint import Constraint
+from app.engine.constraint import CompiledConstraint, Constraint
 from app.engine.job import Job
 from app.engine.query import FeedJob, NextTokenJob
 from app.engine.sampled import GenerateJob, Generation
@@ -83,7 +83,7 @@ class Engine:
         logprobs: Tensor = await future
         return NextTokenResult(logprobs, job.fed_end(), job.fed_logprobs)
 
-    def generate(
+    async def generate(
         self,
         start: SequenceState,
         settings: GenerationSettings,
@@ -92,16 +92,23 @@ class Engine:
         n: int = 1,
         top_logprobs: int = 0,
     ) -> Generation:
-        """Feed `ids` (a prompt, logprobs and `top_logprobs` alternatives kept if asked) once, then sample n choices."""
-        if settings.constraint is not None:
-            self.check_constraint(settings.constraint, start, ids)
+        """Feed `ids` (a prompt, logprobs and `top_logprobs` alternatives kept if asked) once, then sample n choices.
+
+        A constraint is compiled first, off the event loop (ConstraintError), then the
+        job is admitted (EngineBusy): both before anything has started.
+        """
+        ids = list(ids or [])
+        compiled = (
+            None if settings.constraint is None else await self.compile_constraint(settings.constraint, start, ids)
+        )
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         job = GenerateJob(
             settings,
             n,
+            compiled,
             start=start,
-            ids=list(ids or []),
+            ids=ids,
             loop=loop,
             receive=queue.put_nowait,
             with_logprobs=with_logprobs,
@@ -110,18 +117,21 @@ class Engine:
         self.scheduler.admit(job)
         return Generation(self, job, queue)
 
-    def check_constraint(self, constraint: Constraint, start: SequenceState, ids: list[int] | None = None) -> None:
-        """Compile `constraint` for a generation after `start` and `ids` (then cached by its text).
+    async def compile_constraint(
+        self, constraint: Constraint, start: SequenceState, ids: list[int] | None = None
+    ) -> CompiledConstraint:
+        """`constraint` compiled for a text after `start` and `ids`, once, on a compile thread (never the event loop).
 
         Raises ConstraintError (422) when it is invalid, over a bound (its size, or its
         compile time: llguidance's fuel limits bound it) or cannot start with this
-        vocabulary. `generate` and `beam` call it before admission, so a refusal comes
-        before any response starts; it runs on the caller's thread (once per text).
+        vocabulary (or spell any option of a choice). The request waits; llguidance drops
+        the GIL while it compiles, so other requests and streams do not.
         """
         pending = ids[-1] if ids else start.pending
-        self.scheduler.constraints.compile(constraint, at_line_start=pending == self.tokenizer.boundary_id)
+        at_line_start = pending == self.tokenizer.boundary_id
+        return await asyncio.wrap_future(self.scheduler.constraints.compile_later(constraint, at_line_start))
 
-    def beam(
+    async def beam(
         self,
         start: SequenceState,
         settings: BeamSettings,
@@ -130,20 +140,20 @@ class Engine:
     ) -> BeamRun:
         """Feed `ids`, then beam-search (never choosing `<unk>` unless the settings allow it).
 
-        Under a `constraint` (ConstraintError when it cannot be used) the search ends a
-        hypothesis at the constraint's end token, the line boundary, which it keeps as
-        its last token (finish "eos"): the text is complete.
+        Under a `constraint` (compiled first, off the event loop; ConstraintError when it
+        cannot be used) the search ends a hypothesis at the constraint's end token, the
+        line boundary, which it keeps as its last token (finish "eos"): the text is complete.
         """
         unk_id = self.tokenizer.unk_id
         if not settings.allow_unk and unk_id is not None and unk_id not in settings.banned:
             settings = dataclasses.replace(settings, banned=(*settings.banned, unk_id))
+        ids = list(ids or [])
+        compiled = None
         if constraint is not None:
-            self.check_constraint(constraint, start, ids)
+            compiled = await self.compile_constraint(constraint, start, ids)
             settings = dataclasses.replace(settings, eos_id=self.tokenizer.boundary_id)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        job = BeamJob(
-            settings, constraint, start=start, ids=list(ids or []), loop=future.get_loop(), receive=_settler(future)
-        )
+        job = BeamJob(settings, compiled, start=start, ids=ids, loop=future.get_loop(), receive=_settler(future))
         self.scheduler.admit(job)
         return BeamRun(self, job, future)
 

@@ -9,34 +9,39 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator
-from concurrent.futures import Future
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any, Protocol
 
 import torch
-from llguidance import LLMatcher
 from torch import Tensor
 from typing_extensions import Self
 
-import app.engine.constrained as constrained
+from app.engine.constraint import CompiledConstraint
 from app.engine.job import Job, Row, Worker
 from app.engine.output import Released, TextOutput
+from app.engine.row_constraint import RowConstraint, likeliest_spelling
 from app.engine.types import FinishReason, GenerationResult, GenerationSettings, TokenEvent, finite
-from app.errors import ConstraintError
 from model.network import State, state_tensors
 from model.sampling import SamplerInputs, random_seed, sample
 
 
 class GenerateJob(Job):
-    """Feed a prompt once, then fork its state into n sampled rows; choice i draws from seed + i."""
+    """Feed a prompt once, then fork its state into n sampled rows; choice i draws from seed + i.
 
-    def __init__(self, settings: GenerationSettings, n: int, **job: Any) -> None:
+    A constrained job comes `compiled` (before admission, off the event loop); each row
+    owns a RowConstraint forked from it.
+    """
+
+    def __init__(
+        self, settings: GenerationSettings, n: int, compiled: CompiledConstraint | None = None, **job: Any
+    ) -> None:
         super().__init__(**job)
         self.settings = settings
         self.n = n
         self.cost = n
         self.open_choices = n
+        self.compiled = compiled
 
     def start(self, worker: Worker) -> None:
         if self.settings.max_tokens <= 0:  # echo-only scoring
@@ -46,24 +51,17 @@ class GenerateJob(Job):
                 result = GenerationResult("length", end, [], self.fed_logprobs, choice, self.fed_top, held)
                 worker.deliver(self, result)
             return
-        constraint = self.settings.constraint
-        try:
-            at_line_start = self.pending == worker.tokenizer.boundary_id
-            if constraint is not None and constraint.kind == "choice" and self.settings.sampling.temperature == 0:
-                constraint = constrained.likeliest_choice(worker, self.state, self.pending, constraint, at_line_start)
-            matchers = (
-                [worker.constraints.compile(constraint, at_line_start) for _ in range(self.n)] if constraint else []
-            )
-        except ConstraintError as exc:  # checked before admission; only a cache eviction compiles it again here
-            worker.finish(self)
-            worker.deliver(self, exc)
-            return
+        compiled = self.compiled
+        spelling = None
+        if compiled is not None and compiled.options and self.settings.sampling.temperature == 0:
+            spelling = likeliest_spelling(worker.model, self.state, self.pending, compiled)
         seed = self.settings.seed if self.settings.seed is not None else random_seed()
         start = state_tensors(self.state)
         unk_id = worker.tokenizer.unk_id
         for choice in range(self.n):
             row = SampledRow(self, choice, (seed + choice) % 2**63, worker, unk_id)
-            row.matcher = matchers[choice] if matchers else None
+            if compiled is not None:
+                row.constraint = RowConstraint.of(compiled, worker.constraints, spelling)
             self.rows.append(row)
             worker.pool.add(row, start, self.pending, self.settings.history if row.uses_history else None)
 
@@ -93,11 +91,7 @@ class SampledRow(Row):
         self.byte_level = bool(worker.tokenizer.partial_ids)  # a token may hold part of a character
         # Never drawn: <unk> (unless asked for) and, before min_tokens, the end of the text.
         self.always_banned = [] if settings.sampling.allow_unk or unk_id is None else [unk_id]
-        # A constrained row: its matcher, and the tokens it allows next (V,) bool on the device, once computed.
-        self.matcher: LLMatcher | None = None
-        self.allowed: Tensor | None = None
-        self.coming: tuple[Future[Tensor], int] | None = None  # its next mask, being computed (row i of the future's)
-        self.before: tuple[list[Tensor], int] | None = None  # its state before its last token (row i of those)
+        self.constraint: RowConstraint | None = None  # a constrained row's matcher and masks
 
     def banned(self) -> list[int]:
         """What this row may not draw now: <unk>, the end before min_tokens, and (inside a character
@@ -105,7 +99,7 @@ class SampledRow(Row):
         banned = self.always_banned
         if self.byte_level:  # char and word tokens are whole characters: nothing to check per step
             banned = [*banned, *self.output.tokenizer.invalid_after(self.output.pending_bytes)]
-        if self.matcher is not None:  # the constraint decides where the text ends
+        if self.constraint is not None:  # the constraint decides where the text ends
             return banned
         early = self.settings.eos_id is not None and len(self.generated) < self.settings.min_tokens
         return [*banned, self.settings.eos_id] if early and self.settings.eos_id is not None else banned
@@ -118,18 +112,25 @@ class SampledRow(Row):
         the sampler (the log-probabilities reported stay the model's own), so constrained
         and free rows share one forward and one sampler call.
         """
-        waiting = [row for row in rows if row.matcher is not None and row.allowed is None]
-        ended = constrained.receive(worker, waiting) if waiting else []
-        if ended:
-            live = [i for i, row in enumerate(rows) if row not in ended]
-            rows, logits = [rows[i] for i in live], logits[live]
-            if not rows:
-                return
+        vocabulary, device = worker.constraints, worker.device
+        waiting = [row for row in rows if row.constraint is not None and row.constraint.allowed is None]
+        if waiting:
+            ended = []
+            for row, ok in zip(waiting, RowConstraint.receive(vocabulary, _constraints(waiting), device), strict=True):
+                if not ok:  # a dead end (after a first step, only a bug: the compile checked the first mask)
+                    assert row.constraint is not None
+                    row.finish(worker, row.output.end(None, "length"), row.constraint.state_before())
+                    ended.append(row)
+            if ended:
+                live = [i for i, row in enumerate(rows) if row not in ended]
+                rows, logits = [rows[i] for i in live], logits[live]
+                if not rows:
+                    return
         masked = logits
-        masked_rows = [i for i, row in enumerate(rows) if row.allowed is not None]
+        masked_rows = [i for i, row in enumerate(rows) if row.constraint is not None]
         if masked_rows:
             positions = torch.tensor(masked_rows, device=logits.device)
-            allowed = torch.stack([row.allowed for row in rows if row.allowed is not None])  # (C, V)
+            allowed = RowConstraint.allowed_of(_constraints(rows))  # (C, V)
             masked = logits.index_put((positions,), logits[positions].masked_fill(~allowed, -math.inf))
         pool = worker.pool
         index = torch.tensor([row.slot for row in rows], device=logits.device)
@@ -156,18 +157,32 @@ class SampledRow(Row):
             values, indices = torch.topk(raw, min(wanted, raw.shape[1]), dim=-1)
             top_values, top_ids = values.tolist(), indices.tolist()
         tokens = ids.tolist()
-        ends, going = constrained.advance(worker, rows, tokens)
+        ends: dict[Self, FinishReason] = {}
+        going: list[Self] = []  # constrained rows whose text goes on
+        for row, token_id in zip(rows, tokens, strict=True):
+            if row.constraint is not None:
+                end = row.constraint.consume(token_id)
+                if end is not None:
+                    ends[row] = end
+                else:
+                    going.append(row)
         # A row whose output may hold text back (stop strings) gets its next mask now, so that a dead end can
         # still end it with this token and release that text; the others' masks are computed while the next
-        # forward runs (`allowed_later`, once the tokens are handed over).
-        for row in constrained.allowed_now(worker, [row for row in going if row.output.holds_back]):
-            ends[row] = "length"
+        # forward runs (once the tokens are handed over).
+        now = [row for row in going if row.output.holds_back]
+        for row, ok in zip(now, RowConstraint.compute_now(vocabulary, _constraints(now), device), strict=True):
+            if not ok:
+                ends[row] = "length"
         for i, (row, token_id) in enumerate(zip(rows, tokens, strict=True)):
             count = row.settings.top_logprobs
             top = list(zip(top_ids[i][:count], map(finite, top_values[i][:count]), strict=True))
             row.emit(worker, token_id, chosen[i], top, ends.get(row))
         worker.hooks.on_tokens(len(rows))
-        constrained.allowed_later(worker, [row for row in going if not row.output.holds_back and row.slot >= 0])
+        later = [row for row in going if not row.output.holds_back and row.slot >= 0]
+        if later:
+            slots = torch.tensor([row.slot for row in later], device=device)
+            before = [tensor[:, slots] for tensor in pool.tensors]  # copies, (layers, R, hidden) each
+            RowConstraint.compute_later(vocabulary, _constraints(later), before)
 
     def emit(
         self, worker: Worker, token_id: int, logprob: float, top: list[tuple[int, float]], end: FinishReason | None
@@ -183,10 +198,10 @@ class SampledRow(Row):
         else:
             worker.hooks.on_inter_token(now - self.last_token_at)
         self.last_token_at = now
-        if self.matcher is not None and token_id == worker.constraints.end_id:
+        if self.constraint is not None and token_id == self.constraint.end_id:
             released = self.output.end(token_id, "stop")
         else:
-            released = self.output.push(token_id, self.settings.eos_id if self.matcher is None else None, end)
+            released = self.output.push(token_id, self.settings.eos_id if self.constraint is None else None, end)
         worker.deliver(
             self.generate_job, TokenEvent(token_id, released.piece, released.text, finite(logprob), top, self.choice)
         )
@@ -215,6 +230,10 @@ class SampledRow(Row):
                 held_bytes=self.output.pending_bytes,
             ),
         )
+
+
+def _constraints(rows: Sequence[SampledRow]) -> list[RowConstraint]:
+    return [row.constraint for row in rows if row.constraint is not None]
 
 
 class Cancellable(Protocol):

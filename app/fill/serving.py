@@ -53,7 +53,7 @@ class Gap:
                 field="text",
             )
         self.left, _, self.right = text.partition(marker)
-        if tokenizer.kind == "word" and (self.left[-1:].strip() or self.right[:1].strip()):
+        if tokenizer.separator and (self.left[-1:].strip() or self.right[:1].strip()):
             raise InvalidRequest(
                 f"for a word model the gap {marker!r} must be a whole word: put whitespace (or the text's start "
                 "or end) on both sides of it",
@@ -245,7 +245,8 @@ async def _propose_spans(
         keep_prefixes=True,
         with_greedy=False,
     )
-    return await served.engine.beam(start, search).hypotheses()
+    run = await served.engine.beam(start, search)
+    return await run.hypotheses()
 
 
 async def _sum_logprobs(engine: Engine, start: SequenceState, texts: list[list[int]]) -> list[float]:

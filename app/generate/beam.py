@@ -65,7 +65,7 @@ async def search(models: ModelRegistry, settings: Settings, request: GenerateReq
     """The whole answer: the request checked, the search admitted (EngineBusy when full) and run."""
     prepared, beam = prepare_beam(models, settings, request)
     engine = prepared.served.engine
-    run = engine.beam(engine.fresh(), beam, prepared.prompt_ids, prepared.settings.constraint)
+    run = await engine.beam(engine.fresh(), beam, prepared.prompt_ids, prepared.settings.constraint)
     try:
         hypotheses = await run.hypotheses()
     finally:

@@ -22,7 +22,9 @@ async def generate(
     if body.beam_width > 1 or "length_penalty" in body.model_fields_set:
         return await unless_client_leaves(request, beam.search(models, settings, body))
     if body.stream:
-        generation, renderer = serving.start_stream(models, settings, body)  # admission (429) before the stream opens
+        generation, renderer = await serving.start_stream(
+            models, settings, body
+        )  # admission (429) before the stream opens
         return event_source(generation, renderer)
     return await unless_client_leaves(request, serving.generate(models, settings, body))
 

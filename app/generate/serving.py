@@ -56,26 +56,26 @@ def generated_token(tokenizer: Tokenizer, event: TokenEvent) -> GeneratedToken:
     )
 
 
-def start_generation(
+async def start_generation(
     models: ModelRegistry, settings: Settings, request: GenerateRequest
 ) -> tuple[PreparedGeneration, Generation]:
     """Check the request and admit it to the engine (EngineBusy when full), before any answer starts."""
     prepared = prepare_generation(models, settings, request)
     engine = prepared.served.engine
-    return prepared, engine.generate(engine.fresh(), prepared.settings, prepared.prompt_ids)
+    return prepared, await engine.generate(engine.fresh(), prepared.settings, prepared.prompt_ids)
 
 
-def start_stream(
+async def start_stream(
     models: ModelRegistry, settings: Settings, request: GenerateRequest
 ) -> tuple[Generation, NativeStream]:
     """The admitted generation (EngineBusy before the stream opens) and its renderer."""
-    prepared, generation = start_generation(models, settings, request)
+    prepared, generation = await start_generation(models, settings, request)
     return generation, NativeStream(prepared)
 
 
 async def generate(models: ModelRegistry, settings: Settings, request: GenerateRequest) -> GenerateResponse:
     """The whole answer: checked, admitted (EngineBusy when full) and generated."""
-    prepared, generation = start_generation(models, settings, request)
+    prepared, generation = await start_generation(models, settings, request)
     tokenizer = prepared.served.checkpoint.tokenizer
     (choice,) = await collect(generation)  # cancelled (its slot freed) if this is
     return GenerateResponse(

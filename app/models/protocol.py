@@ -22,6 +22,7 @@ class ModelCard(BaseModel):
     tie_weights: bool
     parameters: int
     device: str
+    dtype: Literal["float32", "bfloat16"]  # the precision it computes in (RNNLM_DTYPE)
     training: dict[str, Any]  # corpus, steps, validation/test perplexity, bits per char...
     direction: Literal["forward", "backward"] = "forward"  # backward: trained on the reversed token stream
     fill_partner: str | None = None  # the other direction's model, used together by /v1/fill

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -22,6 +23,7 @@ from app.models.pairing import PairingError, Pairs, find_pairs
 from app.settings import Settings
 from model.checkpoint import CONFIG_FILE, Checkpoint, CheckpointError, load_checkpoint, weights_sha256
 from model.network import count_parameters
+from model.precision import bf16_supported
 
 logger = logging.getLogger("app")
 
@@ -36,6 +38,11 @@ class ServedModel:
     checkpoint: Checkpoint
     engine: Engine
     sha256: str  # of the weights file, read at load: a session state fits only these weights
+
+    @property
+    def dtype(self) -> Literal["float32", "bfloat16"]:
+        """The precision the model computes in (RNNLM_DTYPE, resolved)."""
+        return "bfloat16" if self.checkpoint.model.decoder.weight.dtype == torch.bfloat16 else "float32"
 
     @property
     def level(self) -> str:
@@ -53,6 +60,7 @@ class ModelRegistry:
         self.settings = settings
         self.metrics = metrics
         self.device = device
+        self.dtype = resolve_dtype(settings.dtype, device)
         self.models: dict[str, ServedModel] = {}
         # RNNLM_DEFAULT_MODEL stays the default while it is absent (a request naming no model
         # gets a 404 naming it); unset, the default is kept while loaded, else the first by name.
@@ -133,6 +141,13 @@ def resolve_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
+def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
+    """RNNLM_DTYPE: auto = bfloat16 where `device` computes it natively (model/precision.py), else float32."""
+    if setting == "auto":
+        return torch.bfloat16 if bf16_supported(device) else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[setting]
+
+
 def checkpoint_directories(root: Path) -> dict[str, Path]:
     """{model id: directory} of the directories under `root` holding a config.json, by name."""
     return {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and (p / CONFIG_FILE).is_file()}
@@ -150,7 +165,7 @@ def load_models(settings: Settings, metrics: Metrics) -> ModelRegistry:
     models: dict[str, ServedModel] = {}
     for model_id, directory in directories.items():
         try:
-            models[model_id] = load_model(directory, registry.device, settings, metrics)
+            models[model_id] = load_model(directory, registry.device, registry.dtype, settings, metrics)
         except CheckpointError as exc:  # the message names the file and the problem
             if not settings.skip_bad_models:
                 raise ModelsDirError(
@@ -159,7 +174,7 @@ def load_models(settings: Settings, metrics: Metrics) -> ModelRegistry:
             logger.error("skipping model %s (RNNLM_SKIP_BAD_MODELS=true): %s", model_id, exc)
             registry.skipped.add(model_id)
             continue
-        logger.info("loaded model %s from %s on %s", model_id, directory, registry.device)
+        logger.info("loaded model %s from %s on %s in %s", model_id, directory, registry.device, models[model_id].dtype)
     if not models:
         raise ModelsDirError(f"no checkpoint in {root} could be loaded (each one skipped is logged above)")
     if settings.default_model and settings.default_model not in models:
@@ -175,9 +190,16 @@ def load_models(settings: Settings, metrics: Metrics) -> ModelRegistry:
     return registry
 
 
-def load_model(directory: Path, device: torch.device, settings: Settings, metrics: Metrics) -> ServedModel:
-    """One checkpoint and its engine, not started (blocking; run it off the loop)."""
+def load_model(
+    directory: Path, device: torch.device, dtype: torch.dtype, settings: Settings, metrics: Metrics
+) -> ServedModel:
+    """One checkpoint in `dtype` and its engine, not started (blocking; run it off the loop).
+
+    The weights are cast once here; the engine's state pool follows them (init_state takes
+    the weights' dtype), and every log-softmax runs on float32 logits whatever the dtype.
+    """
     checkpoint = load_checkpoint(directory, device=device)  # CheckpointError names the file
+    checkpoint.model.to(dtype)
     model_id = directory.name
     hooks = Hooks(
         on_step=metrics.batch_size.labels(model_id).observe,

@@ -33,6 +33,7 @@ def model_card(served: ServedModel, default: bool, models: ModelRegistry | None 
         tie_weights=config.tie_weights,
         parameters=served.parameters,
         device=str(served.engine.device),
+        dtype=served.dtype,
         training=served.checkpoint.training,
         direction="backward" if served.checkpoint.direction == "backward" else "forward",
         fill_partner=pairs.partner(served.id) if pairs else None,

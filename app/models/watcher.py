@@ -98,7 +98,7 @@ class ModelWatcher:
         registry = self.registry
         try:
             served = await asyncio.to_thread(
-                load_model, directory, registry.device, registry.settings, registry.metrics
+                load_model, directory, registry.device, registry.dtype, registry.settings, registry.metrics
             )
         except Exception as exc:  # a CheckpointError names the file; anything else comes with its traceback
             self._failed[model_id] = seen
@@ -112,7 +112,7 @@ class ModelWatcher:
         self._failed.pop(model_id, None)
         served.engine.start()  # here, not in the thread: a poll cancelled at shutdown leaves no engine running
         registry.add(served)
-        logger.info("loaded model %s from %s on %s", model_id, directory, registry.device)
+        logger.info("loaded model %s from %s on %s in %s", model_id, directory, registry.device, served.dtype)
 
     async def _close_idle_retired(self) -> None:
         retired = self.registry.idle_retired()

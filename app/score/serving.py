@@ -79,10 +79,8 @@ def _summarise(tokenizer: Tokenizer, ids: list[int], unknown: list[bool], logpro
 
 
 def _bits_per_char(tokenizer: Tokenizer, ids: list[int], total: float, bits_per_token: float) -> float | None:
-    """A char token is one character; subword tokens are over the characters they spell; words: none (<unk>)."""
-    if tokenizer.kind == "char":
+    """Over the characters the scored tokens spell (the line end included), where the tokenizer knows them."""
+    chars = tokenizer.characters(ids)
+    if chars == len(ids):  # a token a character: the same figure, to the last bit
         return bits_per_token
-    if tokenizer.kind == "subword":
-        chars = len(tokenizer.decode(ids))  # the scored tokens' text, the line end included
-        return -total / LN2 / chars if chars else None
-    return None
+    return -total / LN2 / chars if chars else None

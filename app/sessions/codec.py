@@ -66,7 +66,8 @@ class SessionRecord:
 
     @classmethod
     def from_state(cls, state: State, **fields: Any) -> SessionRecord:
-        tensors = tuple(t.detach().to("cpu", copy=True).contiguous() for t in state_tensors(state))
+        """A record of `state` in float32, whatever the model computes in: one wire format for every replica."""
+        tensors = tuple(t.detach().to("cpu", torch.float32, copy=True).contiguous() for t in state_tensors(state))
         return cls(state=tensors, **fields)
 
     def model_state(self, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> State:

@@ -203,7 +203,7 @@ class SessionService:
         history = [*session.record.history, *flushed.ids]
         settings = generation_settings(self.settings, session.served, request, history)
         settings = replace(settings, carried_bytes=session.record.pending_bytes)  # a character begun before
-        generation = session.served.engine.generate(session.start(), settings, flushed.ids)
+        generation = await session.served.engine.generate(session.start(), settings, flushed.ids)
         return SessionGeneration(session, flushed, generation)
 
     async def generate(self, prepared: SessionGeneration) -> SessionGenerateResponse:

@@ -17,18 +17,8 @@ from model.tokenizer import Tokenizer
 
 
 def split_unfinished(tokenizer: Tokenizer, text: str, flush: bool) -> tuple[str, str]:
-    """`text` cut into what can be tokenised now and the unfinished word kept for later."""
-    if flush or tokenizer.kind == "char":
-        return text, ""
-    cut = len(text)
-    while cut > 0 and not text[cut - 1].isspace():
-        cut -= 1
-    if tokenizer.kind == "subword":
-        # BPE merges a space with the word after it (" world"), so the whitespace before an
-        # unfinished word waits with it: the cut is where whitespace follows a non-space.
-        while cut > 0 and text[cut - 1].isspace():
-            cut -= 1
-    return text[:cut], text[cut:]
+    """`text` cut into what can be tokenised now and the unfinished word kept for later (the tokenizer says where)."""
+    return (text, "") if flush else tokenizer.split_unfinished(text)
 
 
 def check_no_join(tokenizer: Tokenizer, pending_id: int, text: str) -> None:
@@ -39,11 +29,8 @@ def check_no_join(tokenizer: Tokenizer, pending_id: int, text: str) -> None:
     comes in an earlier piece. Rather than score the two halves differently from the
     whole text, such a piece is refused; it only happens with decomposed input.
     """
-    previous = tokenizer.tokens[pending_id]
-    if tokenizer.kind != "char" or len(previous) != 1 or not text:
-        return
-    if unicodedata.normalize("NFC", previous + text) != previous + unicodedata.normalize("NFC", text):
-        first = text[0]
+    if tokenizer.joins_previous(pending_id, text):
+        previous, first = tokenizer.tokens[pending_id], text[0]
         raise InvalidRequest(
             f"text starts with U+{ord(first):04X} {unicodedata.name(first, 'unnamed')}, which joins the previous "
             f"piece's last character {previous!r} into one character under NFC: send a character together "

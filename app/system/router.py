@@ -75,6 +75,10 @@ def info(request: Request, settings: SettingsDep) -> dict[str, Any]:
         "models": sorted(models.models) if models else [],
         "fill_pairs": dict(sorted(models.pairs.backward_of.items())) if models else {},
         "device": settings.device,
+        "dtype": settings.dtype,  # the setting; each model's own precision is in /v1/models
+        "model_dtypes": {model_id: served.dtype for model_id, served in sorted(models.models.items())}
+        if models
+        else {},
     }
 
 

@@ -21,7 +21,7 @@ from app.tokenize.protocol import (
     TokenizePromptResponse,
     TokenizerInfo,
 )
-from model.tokenizer import EOS, UNK, WordTokenizer
+from model.tokenizer import UNK
 
 TOKENIZER_CLASSES: dict[str, Literal["CharTokenizer", "WordTokenizer", "SubwordTokenizer"]] = {
     "char": "CharTokenizer",
@@ -33,16 +33,15 @@ TOKENIZER_CLASSES: dict[str, Literal["CharTokenizer", "WordTokenizer", "SubwordT
 def tokenizer_info(models: ModelRegistry, settings: Settings, model_id: str | None) -> TokenizerInfo:
     served = models.get(model_id)
     tokenizer = served.checkpoint.tokenizer
-    word = isinstance(tokenizer, WordTokenizer)
     return TokenizerInfo(
         model=served.id,
         tokenizer_class=TOKENIZER_CLASSES[tokenizer.kind],
         level=tokenizer.kind,
         vocab_size=tokenizer.vocab_size,
         # The token that ends a line and primes a fresh state; it encodes to the boundary id alone.
-        eos_token=EOS if word else "\n",
+        eos_token=tokenizer.boundary_text,
         unk_token=None if tokenizer.unk_id is None else UNK,
-        lowercase=isinstance(tokenizer, WordTokenizer) and tokenizer.lowercase,
+        lowercase=tokenizer.lowercase,
         model_max_length=settings.max_text_chars,
     )
 

@@ -30,8 +30,14 @@ def make_client(models_dir: Path, redis_url: str) -> ClientFactory:
     """`async with make_client(max_text_chars=10) as client:` — an app with these settings."""
 
     def factory(**overrides: Any) -> AbstractAsyncContextManager[httpx.AsyncClient]:
-        # One torch thread: tiny models, and a CPU shared with the rest of the suite.
-        settings = Settings(**{"models_dir": models_dir, "redis_url": redis_url, "torch_threads": 1, **overrides})
+        # One torch thread: tiny models, and a CPU shared with the rest of the suite. float32 (not
+        # RNNLM_DTYPE=auto, bfloat16 on a CPU with AMX), so that answers can be compared with
+        # model/'s own float32 computation to 1e-4 and beam scores with feed scores to 1e-3; the
+        # bfloat16 path has its own tests (tests/app/models/test_dtype.py, and the session tests
+        # run in both precisions).
+        settings = Settings(
+            **{"models_dir": models_dir, "redis_url": redis_url, "torch_threads": 1, "dtype": "float32", **overrides}
+        )
         return running(create_app(settings))
 
     return factory

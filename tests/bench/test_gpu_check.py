@@ -48,7 +48,13 @@ def test_the_dry_run_walks_every_step_and_writes_the_report(tmp_path: Path) -> N
         assert figures["rc"] == 0 and figures["tokens_per_s_median"] > 0 and "target_met" in figures
     assert steps["3. serving: /v1/score"]["served_sentences_per_s"] > 0
     generate = steps["3. serving: generate, 2x650 LSTM"]
-    assert generate["rc"] == 0 and [row["clients"] for row in generate["rows"]["rows"]] == [1, 2]
+    rows = generate["rows"]["rows"]  # one server per RNNLM_DTYPE, side by side
+    assert generate["rc"] == 0 and [(row["clients"], row["dtype"]) for row in rows] == [
+        (1, "float32"),
+        (1, "bfloat16"),
+        (2, "float32"),
+        (2, "bfloat16"),
+    ]
     assert all(row["tokens_per_s"] > 0 and row["ceiling_tokens_per_s"] > 0 for row in generate["rows"]["rows"])
     assert steps["4. sessions across devices"]["passed"] is True
     assert "# GPU check" in (tmp_path / "report.md").read_text()

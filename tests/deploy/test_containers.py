@@ -34,7 +34,13 @@ from tests.factories import CHAR_TEXT
 from tests.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(PROBLEM is not None, reason=PROBLEM or "")]
+# The first run on a machine builds the images (minutes: the Debian base, the CPU base);
+# later runs find them built.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(PROBLEM is not None, reason=PROBLEM or ""),
+    pytest.mark.timeout(1500),
+]
 
 
 def wait_healthy(container: str, timeout: float = 90.0) -> None:
@@ -69,7 +75,8 @@ class Stack:
 def stack(images: None, models_dir: Path) -> Iterator[Stack]:
     project = f"rnnlm-test-{os.getpid()}"
     port = free_port()
-    env = {**os.environ, "MODELS_DIR": str(models_dir), "HTTP_PORT": str(port)}
+    # float32: a session fed in pieces then gives exactly the one-shot text (bf16 rounds per shape).
+    env = {**os.environ, "MODELS_DIR": str(models_dir), "HTTP_PORT": str(port), "RNNLM_DTYPE": "float32"}
     compose = [str(PODMAN_COMPOSE), "-p", project, "--env-file", "docker/local.env"]
     up = subprocess.run([*compose, "up", "-d"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     try:

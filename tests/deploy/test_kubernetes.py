@@ -154,6 +154,7 @@ def played(images: None, models_dir: Path, tmp_path_factory: pytest.TempPathFact
 
 @pytest.mark.slow
 @pytest.mark.skipif(PROBLEM is not None, reason=PROBLEM or "")
+@pytest.mark.timeout(1500)  # the first run on a machine builds the images
 def test_podman_plays_redis_and_the_api_and_ready_answers(played: str) -> None:
     deadline = time.monotonic() + 90
     while True:

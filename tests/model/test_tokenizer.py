@@ -4,6 +4,7 @@ import pytest
 
 from model.tokenizer import EOS, UNK, CharTokenizer, TokenizerError, WordTokenizer
 from model.tokenizers import tokenizer_from_dict
+from tests.factories import char_tokenizer, subword_tokenizer, word_tokenizer
 
 
 def test_char_round_trip_with_korean() -> None:
@@ -149,3 +150,29 @@ def test_text_offsets_follow_the_pieces() -> None:
     word = WordTokenizer.build("the cat\nsat\n")
     ids = word.encode("the cat\nsat").ids
     assert word.text_offsets(ids) == [0, 3, 7, 8]  # "the", " cat", "\n", "sat"
+
+
+def test_each_level_says_how_text_is_cut_what_separates_tokens_and_what_it_counts() -> None:
+    """The level behaviour the service asks of a tokenizer instead of branching on its kind."""
+    char, word, subword = char_tokenizer(), word_tokenizer(), subword_tokenizer()
+    text = "the cat sa"
+    assert char.split_unfinished(text) == (text, "")  # a character is a token as it arrives
+    assert word.split_unfinished(text) == ("the cat ", "sa")  # an unfinished word waits
+    assert subword.split_unfinished(text) == ("the cat", " sa")  # with its space: BPE merges " sa"
+    assert (char.separator, word.separator, subword.separator) == ("", " ", "")
+    assert (char.eos_id, word.eos_id, subword.eos_id) == (None, word.boundary_id, None)
+    for tokenizer in (char, word, subword):
+        assert tokenizer.encode(tokenizer.boundary_text).ids == [tokenizer.boundary_id]
+    ids = char.encode("다람쥐").ids
+    assert char.characters(ids) == 3 and subword.characters(subword.encode("다람쥐").ids) == 3
+    assert word.characters(word.encode("the cat").ids) is None  # <unk> hides how many
+    assert char.joins_previous(char.encode("e").ids[0], "\u0301") and not char.joins_previous(ids[0], "x")
+    assert not word.joins_previous(word.boundary_id, "\u0301")
+
+
+def test_source_offsets_find_each_token_in_the_text_as_sent() -> None:
+    word = word_tokenizer()
+    assert word.source_offsets("The  cat\nsat", word.encode("The  cat\nsat")) == [0, 5, 8, 9]
+    subword = subword_tokenizer()
+    text = "the 다람쥐"
+    assert subword.source_offsets(text, subword.encode(text)) == subword.text_offsets(subword.encode(text).ids)

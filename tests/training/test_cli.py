@@ -64,6 +64,9 @@ def test_recipe_then_set_then_flags(tmp_path: Path) -> None:
     config, resume = config_from_args(args, {"RNNLM_DATA_DIR": "/data"})
     assert (config.lr, config.hidden_size, config.embedding_size, config.data_dir) == (3.0, 200, 200, "/data")
     assert resume is None and config.recipe == "word-ptb-small"
+    assert config.out == "runs/word-ptb-small"  # each recipe its own directory unless --out says otherwise
+    own, _ = config_from_args(parser.parse_args(["word-ptb-small", "--out", str(tmp_path)]), {})
+    assert own.out == str(tmp_path)
 
 
 @pytest.mark.parametrize(

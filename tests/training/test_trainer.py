@@ -87,6 +87,9 @@ def final_weights(trainer: Trainer) -> dict[str, Tensor]:
         {"optimizer": "sgd", "momentum": 0.9, "lr": 0.5, "schedule": "plateau", "eval_every": 4, "cell": "gru"},
         # AWD-LSTM's masks draw from the restored RNG too.
         {"optimizer": "sgd", "lr": 0.5, "variational_dropout": True, "weight_drop": 0.3, "embedding_dropout": 0.1},
+        # bf16 autocast: the carried state is saved in float32 and the arithmetic repeats exactly.
+        {"optimizer": "adamw", "lr": 0.01, "schedule": "cosine", "precision": "bf16"},
+        {"optimizer": "sgd", "lr": 0.5, "cell": "gru", "precision": "bf16", "weight_drop": 0.2},
     ],
 )
 def test_resume_continues_exactly(tmp_path: Path, corpus: Corpus, settings: dict[str, Any]) -> None:

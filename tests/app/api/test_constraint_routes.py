@@ -8,8 +8,11 @@ OpenAI's completions call does not name.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import random
 import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ from app.settings import Settings
 from model.checkpoint import save_checkpoint
 from model.tokenizer import CharTokenizer
 from tests.factories import tiny_model
-from tests.helpers import JSON_TEXT, PERSON, ClientFactory, parse_sse, running
+from tests.helpers import JSON_TEXT, PERSON, ClientFactory, parse_sse, running, served_over_http, wait_until
 
 CHAR_REGEX = "[a-z]{1,5}( [a-z]{1,5}){0,2}"
 WORD_REGEX = "( [a-z]+){1,4}"  # mid-line (after a prompt) a word model's text starts with a space
@@ -225,6 +228,7 @@ async def test_the_openai_sdk_sends_response_format(json_client: httpx.AsyncClie
         ({"guided_grammar": "start: missing_rule"}, "guided_grammar", "missing_rule"),
         ({"model": "word", "guided_regex": " [0-9]+"}, "guided_regex", "no token of this model's vocabulary can start"),
         ({"model": "word", "prompt": "", "guided_choice": ["zebra"]}, "guided_choice", "no token"),
+        ({"guided_choice": ["c++", "c#"]}, "guided_choice", 'cannot spell any of its options ("c++", "c#")'),
     ],
 )
 async def test_an_unusable_constraint_is_a_422_naming_it(
@@ -295,3 +299,66 @@ async def test_a_constraint_slower_to_compile_than_the_bound_is_refused(make_cli
         response = await client.post("/v1/generate", json={"prompt": "a", "guided_regex": "(a|b)*a(a|b){30}"})
     assert response.status_code == 422
     assert "took over 1e-06 s to compile" in response.json()["error"]["message"]
+
+
+async def test_a_constraint_compiles_off_the_event_loop(models_dir: Path, redis_url: str) -> None:
+    """While a grammar of 30,000 literals in a row compiles (about a second here), /health and a running stream
+    keep answering.
+
+    Compiled on the event loop, both would wait out the whole compile. The bounds are a
+    fraction of the compile's own time (from sending the request to its stream opening,
+    which comes once it is compiled and admitted), so a slower or busier machine moves
+    both sides alike. (The grammar's text is one string: parsing the request costs the
+    loop next to nothing.)
+    """
+    rng = random.Random(0)
+    literals = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(2)) for _ in range(30_000)]
+    grammar = "start: " + " ".join(f'"{literal}"' for literal in literals)
+    settings = Settings(
+        models_dir=models_dir,
+        redis_url=redis_url,
+        torch_threads=1,
+        max_tokens_limit=100_000,
+        max_constraint_bytes=2**20,
+        constraint_compile_seconds=120,
+    )
+    tokens: list[float] = []  # when each token event of the running stream arrived
+    health: list[tuple[float, float]] = []  # each /health: when it was sent, how long it took
+
+    async def read(response: httpx.Response) -> None:
+        async for line in response.aiter_lines():
+            if line.startswith("event: token"):
+                tokens.append(time.monotonic())
+
+    async def poll(client: httpx.AsyncClient) -> None:
+        while True:
+            sent = time.monotonic()
+            assert (await client.get("/health")).status_code == 200
+            health.append((sent, time.monotonic() - sent))
+            await asyncio.sleep(0.005)
+
+    async with served_over_http(create_app(settings)) as url, httpx.AsyncClient(base_url=url, timeout=120) as client:
+        free = {"max_tokens": 100_000, "stream": True, "seed": 1}
+        async with client.stream("POST", "/v1/generate", json=free) as running:
+            reader = asyncio.create_task(read(running))
+            await wait_until(lambda: len(tokens) >= 5, "the running stream's first tokens")
+            poller = asyncio.create_task(poll(client))
+            await wait_until(lambda: len(health) >= 2, "the first /health answers")
+            constrained = {"max_tokens": 20, "stream": True, "seed": 2, "structured_outputs": {"grammar": grammar}}
+            began = time.monotonic()
+            async with client.stream("POST", "/v1/generate", json=constrained) as response:
+                opened = time.monotonic()
+                assert response.status_code == 200
+                body = (await response.aread()).decode()
+            poller.cancel()
+            reader.cancel()
+    events = parse_sse(body)
+    assert events[-1][0] == "done" and events[-1][1]["finish_reason"] == "length"
+    assert "".join(literals).startswith("".join(data["text"] for event, data in events if event == "token"))
+    window = opened - began
+    arrivals = [began, *(t for t in tokens if began < t < opened), opened]
+    stream_gap = max(later - earlier for earlier, later in itertools.pairwise(arrivals))
+    health_waits = [took for sent, took in health if began <= sent and sent + took <= opened]
+    assert len(health_waits) >= 3, f"/health answered {len(health_waits)} times in the {window:.3f} s compile"
+    assert stream_gap < window / 4, f"the stream paused {stream_gap:.3f} s during a {window:.3f} s compile"
+    assert max(health_waits) < window / 4, f"/health took {max(health_waits):.3f} s during a {window:.3f} s compile"

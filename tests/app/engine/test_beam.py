@@ -97,7 +97,7 @@ async def search_in_engine(
     engine = Engine(Checkpoint(model=model, tokenizer=tokenizer), Settings())
     engine.start()
     try:
-        found = await engine.beam(engine.fresh(), settings, prompt).hypotheses()
+        found = await (await engine.beam(engine.fresh(), settings, prompt)).hypotheses()
     finally:
         engine.close()
     state, pending = prime(model, tokenizer.boundary_id, [prompt])
@@ -197,7 +197,9 @@ async def test_cancelling_a_beam_search_takes_its_rows_out_of_the_engine() -> No
     )
     engine.start()
     try:
-        run = engine.beam(engine.fresh(), BeamSettings(beam_width=4, max_tokens=10_000_000), tokenizer.encode("th").ids)
+        run = await engine.beam(
+            engine.fresh(), BeamSettings(beam_width=4, max_tokens=10_000_000), tokenizer.encode("th").ids
+        )
         task = asyncio.create_task(run.hypotheses())
         await asyncio.sleep(0.2)
         assert not task.done()  # still searching: ten million steps take hours
@@ -223,9 +225,11 @@ async def test_a_beam_amid_rows_that_come_and_go_equals_the_search_alone() -> No
     prompt = tokenizer.encode("th").ids
     settings = BeamSettings(beam_width=4, max_tokens=12, length_penalty=0.0)
     try:
-        traffic = [engine.generate(engine.fresh(), GenerationSettings(max_tokens=1 + i % 5, seed=i)) for i in range(12)]
-        run = engine.beam(engine.fresh(), settings, prompt)
-        more = [engine.generate(engine.fresh(), GenerationSettings(max_tokens=2 + i, seed=i)) for i in range(8)]
+        traffic = [
+            await engine.generate(engine.fresh(), GenerationSettings(max_tokens=1 + i % 5, seed=i)) for i in range(12)
+        ]
+        run = await engine.beam(engine.fresh(), settings, prompt)
+        more = [await engine.generate(engine.fresh(), GenerationSettings(max_tokens=2 + i, seed=i)) for i in range(8)]
         found = await run.hypotheses()
         for generation in [*traffic, *more]:
             await generation.collect()

@@ -19,7 +19,7 @@ from model.beam_search import BeamSettings
 from model.checkpoint import Checkpoint
 from model.sampling import SamplingParams
 from model.tokenizer import EOS, UNK, CharTokenizer, Tokenizer, WordTokenizer
-from tests.factories import char_tokenizer, tiny_model, word_tokenizer
+from tests.factories import char_tokenizer, subword_tokenizer, tiny_model, word_tokenizer
 from tests.helpers import JSON_TEXT, PERSON
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -60,7 +60,7 @@ async def texts(
 ) -> list[tuple[str, GenerationResult]]:
     """n seeded choices under `constraint` after `prompt`: (text, result) each."""
     ids = engine.tokenizer.encode(prompt).ids
-    engine.check_constraint(constraint, engine.fresh(), ids)
+    await engine.compile_constraint(constraint, engine.fresh(), ids)
     settings = GenerationSettings(
         max_tokens=int(options.pop("max_tokens", 40)),  # type: ignore[call-overload]
         seed=seed,
@@ -69,7 +69,7 @@ async def texts(
         **options,  # type: ignore[arg-type]
     )
     found: list[list[str]] = [[] for _ in range(n)]
-    async with engine.generate(engine.fresh(), settings, ids, n=n) as generation:
+    async with await engine.generate(engine.fresh(), settings, ids, n=n) as generation:
         async for event in generation:
             found[event.choice].append(event.text)
     results = generation.results
@@ -132,8 +132,8 @@ async def test_the_logprobs_reported_are_the_models_own(char_engine: Engine) -> 
     settings = GenerationSettings(
         max_tokens=1, sampling=SamplingParams(temperature=0), constraint=Constraint("regex", "z")
     )
-    char_engine.check_constraint(settings.constraint, char_engine.fresh(), prompt)  # type: ignore[arg-type]
-    async with char_engine.generate(char_engine.fresh(), settings, prompt) as generation:
+    await char_engine.compile_constraint(settings.constraint, char_engine.fresh(), prompt)  # type: ignore[arg-type]
+    async with await char_engine.generate(char_engine.fresh(), settings, prompt) as generation:
         events, _ = await generation.collect()
     fed = await char_engine.feed(char_engine.fresh(), prompt)
     dist = await char_engine.next_token(fed.end)
@@ -145,10 +145,10 @@ async def test_a_seeded_constrained_row_is_the_same_alone_and_amid_others(char_e
     constraint = Constraint("regex", "[a-z ]{3,30}")
     settings = GenerationSettings(max_tokens=30, seed=7, constraint=constraint)
     prompt = char_engine.tokenizer.encode("over the").ids
-    char_engine.check_constraint(constraint, char_engine.fresh(), prompt)
+    await char_engine.compile_constraint(constraint, char_engine.fresh(), prompt)
 
     async def one(settings: GenerationSettings) -> list[int]:
-        async with char_engine.generate(char_engine.fresh(), settings, prompt) as generation:
+        async with await char_engine.generate(char_engine.fresh(), settings, prompt) as generation:
             _, result = await generation.collect()
         return result.token_ids
 
@@ -182,7 +182,7 @@ async def test_unusable_constraints_are_refused_with_the_reason(
     word_engine: Engine, constraint: Constraint, message: str
 ) -> None:
     with pytest.raises(ConstraintError, match=re.escape(message)):
-        word_engine.check_constraint(constraint, word_engine.fresh())
+        await word_engine.compile_constraint(constraint, word_engine.fresh())
 
 
 def test_a_word_vocabulary_cannot_start_a_character_it_lacks() -> None:
@@ -204,7 +204,7 @@ def test_compiled_constraints_are_cached_by_their_text_least_recent_out() -> Non
 def test_masks_never_allow_unk() -> None:
     tokenizer = char_tokenizer()
     vocabulary = ConstraintVocabulary(tokenizer)
-    matcher = vocabulary.compile(Constraint("regex", "(.|\n)*"), at_line_start=False)
+    matcher = vocabulary.compile(Constraint("regex", "(.|\n)*"), at_line_start=False).matcher
     allowed = vocabulary.masks([matcher])[0]
     assert not allowed[tokenizer.unk_id]
     assert int(allowed.sum()) == tokenizer.vocab_size - 1  # the rest, the end token ("\n") included
@@ -219,10 +219,9 @@ async def test_a_constrained_beam_search_ends_where_the_text_is_complete(
     ):
         constraint = Constraint("regex", pattern)
         ids = engine.tokenizer.encode(prompt).ids
-        engine.check_constraint(constraint, engine.fresh(), ids)
-        hypotheses = await engine.beam(
-            engine.fresh(), BeamSettings(beam_width=4, max_tokens=30), ids, constraint
-        ).hypotheses()
+        await engine.compile_constraint(constraint, engine.fresh(), ids)
+        run = await engine.beam(engine.fresh(), BeamSettings(beam_width=4, max_tokens=30), ids, constraint)
+        hypotheses = await run.hypotheses()
         assert hypotheses
         for hypothesis in hypotheses:
             if hypothesis.finish == "eos":
@@ -237,9 +236,9 @@ async def test_a_constrained_beam_ranks_by_the_models_own_logprobs(word_engine: 
     """Masking never renormalises: the best choice's log-probability is what scoring it (and the end) gives."""
     options = ["the cat", "a dog", "on the mat"]
     constraint = Constraint.choice(options)
-    word_engine.check_constraint(constraint, word_engine.fresh())
+    await word_engine.compile_constraint(constraint, word_engine.fresh())
     search = BeamSettings(beam_width=3, max_tokens=6, with_greedy=False)
-    hypotheses = await word_engine.beam(word_engine.fresh(), search, None, constraint).hypotheses()
+    hypotheses = await (await word_engine.beam(word_engine.fresh(), search, None, constraint)).hypotheses()
     scored = {}
     for option in options:
         ids = [*word_engine.tokenizer.encode(option).ids, word_engine.tokenizer.boundary_id]
@@ -267,10 +266,13 @@ async def test_a_word_is_allowed_only_where_the_text_can_go_on_after_it() -> Non
 
 @pytest.mark.parametrize("stop", [(), ("zz",)])  # masks computed while the next forward runs, or at once
 async def test_a_dead_end_ends_with_length_and_the_exact_state(char_engine: Engine, stop: tuple[str, ...]) -> None:
-    """After "ab" the choice needs "@", which the vocabulary lacks: the text stops there, a valid prefix."""
+    """After "ab" the grammar needs "@", which the vocabulary lacks: the text stops there, a valid prefix.
+
+    (A grammar can still dead-end: only a choice's options and a regex are pruned to what the vocabulary spells.)
+    """
     prompt = char_engine.tokenizer.encode("the ").ids
-    settings = GenerationSettings(max_tokens=10, constraint=Constraint.choice(["ab@"]), stop=stop)
-    async with char_engine.generate(char_engine.fresh(), settings, prompt) as generation:
+    settings = GenerationSettings(max_tokens=10, constraint=Constraint("grammar", 'start: "ab@"'), stop=stop)
+    async with await char_engine.generate(char_engine.fresh(), settings, prompt) as generation:
         events, result = await generation.collect()
     assert "".join(event.text for event in events) == "ab" and result.finish_reason == "length"
     fed = await char_engine.feed(char_engine.fresh(), char_engine.tokenizer.encode("the ab").ids)
@@ -278,3 +280,95 @@ async def test_a_dead_end_ends_with_length_and_the_exact_state(char_engine: Engi
     after_generation = await char_engine.next_token(result.end)
     after_feeding = await char_engine.next_token(fed.end)
     torch.testing.assert_close(after_generation.logprobs, after_feeding.logprobs, rtol=1e-5, atol=1e-5)
+
+
+LANGUAGES = ["Python", "Java", "JavaScript", "C++", "C#"]
+
+
+@pytest.fixture
+async def languages_engine() -> AsyncIterator[Engine]:
+    """A char model that can spell "Python", "Java", "JavaScript" and "C", but has no "+" or "#"."""
+    engine = start_engine(CharTokenizer.build("Python Java JavaScript C Go\nthe quick brown fox\n"), rows=200)
+    yield engine
+    engine.close()
+
+
+@pytest.mark.parametrize("prompt", ["", "the "])
+async def test_a_choice_never_enters_an_option_the_vocabulary_cannot_spell(
+    languages_engine: Engine, prompt: str
+) -> None:
+    """Without "+" and "#", "C" would be a dead end: 200 seeded choices at temperature 1 are all spellable options."""
+    out = await texts(languages_engine, Constraint.choice(LANGUAGES), prompt, n=200, max_tokens=20)
+    assert len(out) == 200
+    for text, result in out:
+        assert text in ("Python", "Java", "JavaScript"), text
+        assert result.finish_reason == "stop"
+    assert {text for text, _ in out} == {"Python", "Java", "JavaScript"}  # each still drawn
+
+
+async def test_a_regex_never_enters_an_alternative_the_vocabulary_cannot_spell(languages_engine: Engine) -> None:
+    """On a vocabulary of characters the regex is intersected with what the alphabet spells."""
+    pattern = r"(Python|Java|JavaScript|C\+\+|C#)( or (Python|Java|C\+\+|C#))?"
+    out = await texts(languages_engine, Constraint("regex", pattern), n=200, max_tokens=40)
+    for text, result in out:
+        assert result.finish_reason == "stop"
+        assert re.fullmatch(pattern, text) and "C" not in text, text
+
+
+async def test_a_greedy_choice_spells_the_likeliest_option_it_can(languages_engine: Engine) -> None:
+    """Greedy ranks only the spellable options (as /v1/score would: the option, then the line end)."""
+    engine = languages_engine
+    scored = {}
+    for option in ("Python", "Java", "JavaScript"):
+        ids = [*engine.tokenizer.encode(option).ids, engine.tokenizer.boundary_id]
+        scored[option] = sum((await engine.feed(engine.fresh(), ids)).logprobs[:-1])
+    greedy = SamplingParams(temperature=0)
+    out = await texts(engine, Constraint.choice(LANGUAGES), n=3, sampling=greedy)
+    assert [text for text, _ in out] == [max(scored, key=lambda option: scored[option])] * 3
+
+
+async def test_a_choice_it_cannot_spell_at_all_is_refused_saying_why(languages_engine: Engine) -> None:
+    with pytest.raises(ConstraintError, match=r'cannot spell any of its options \("C\+\+", "C#"\)'):
+        await languages_engine.compile_constraint(Constraint.choice(["C++", "C#"]), languages_engine.fresh())
+
+
+async def test_a_word_choice_drops_the_options_with_a_word_it_lacks(word_engine: Engine) -> None:
+    """There is no word for "zebra": "the" would be a dead end, so it is never entered."""
+    options = ["the zebra", "a dog", "on the mat"]
+    out = await texts(word_engine, Constraint.choice(options), n=100)
+    assert {text for text, _ in out} == {"a dog", "on the mat"}
+    assert all(result.finish_reason == "stop" for _, result in out)
+
+
+async def test_a_subword_choice_keeps_every_option_its_bytes_spell() -> None:
+    """A byte-level vocabulary spells anything: "C++" stays an option and comes out whole."""
+    engine = start_engine(subword_tokenizer(), rows=100)
+    try:
+        out = await texts(engine, Constraint.choice(LANGUAGES), n=100, max_tokens=20)
+    finally:
+        engine.close()
+    assert {text for text, _ in out} <= set(LANGUAGES)
+    assert all(result.finish_reason == "stop" for _, result in out)
+    assert "C++" in {text for text, _ in out}
+
+
+def test_a_choice_of_thousands_of_options_is_one_lexeme() -> None:
+    """llguidance's parser holds at most 2,000 items a row: 5,000 options as rules failed at the first token."""
+    vocabulary = ConstraintVocabulary(char_tokenizer())
+    options = [f"{a}{b}{c}" for a in "abcdefghij" for b in "abcdefghij" for c in "abcdefghijklmnopqrstuvwxy"][:5000]
+    matcher = vocabulary.compile(Constraint.choice(options), at_line_start=True).matcher
+    tokenizer = char_tokenizer()
+    assert matcher.consume_tokens(tokenizer.encode("bcd").ids), matcher.get_error()
+    assert vocabulary.masks([matcher])[0][tokenizer.boundary_id]
+
+
+async def test_a_deeply_nested_grammar_under_the_size_bound_compiles(char_engine: Engine) -> None:
+    """2,900 nested rules (64,503 bytes, under the 65,536 bound) overflowed a default 8 MB thread stack in llguidance
+    and killed the process; compiles run on threads with a deeper one."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    rules = ["start: r0", *(f'r{i}: "{letters[i % 26]}" r{i + 1} | "{letters[(i + 7) % 26]}"' for i in range(2900))]
+    grammar = "\n".join([*rules, 'r2900: "a"'])
+    assert 60_000 < len(grammar.encode()) < Settings().max_constraint_bytes
+    compiled = await char_engine.compile_constraint(Constraint("grammar", grammar), char_engine.fresh())
+    assert compiled.matcher.consume_tokens(char_engine.tokenizer.encode("abj").ids)  # "a" r1, "b" r2, then r2's "j"
+    assert compiled.matcher.is_accepting()

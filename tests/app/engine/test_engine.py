@@ -64,11 +64,11 @@ async def test_next_token_at_a_state_matches_feeding_the_token(engine: Engine) -
 async def test_generation_continues_from_its_final_state(engine: Engine) -> None:
     """Greedy 12 tokens at once == 5 tokens, then 7 more from the returned state."""
     prompt = ids_of(engine, "over the")
-    async with engine.generate(engine.fresh(), GenerationSettings(max_tokens=12, sampling=GREEDY), prompt) as gen:
+    async with await engine.generate(engine.fresh(), GenerationSettings(max_tokens=12, sampling=GREEDY), prompt) as gen:
         _, whole = await gen.collect()
-    async with engine.generate(engine.fresh(), GenerationSettings(max_tokens=5, sampling=GREEDY), prompt) as gen:
+    async with await engine.generate(engine.fresh(), GenerationSettings(max_tokens=5, sampling=GREEDY), prompt) as gen:
         _, first = await gen.collect()
-    async with engine.generate(first.end, GenerationSettings(max_tokens=7, sampling=GREEDY)) as gen:
+    async with await engine.generate(first.end, GenerationSettings(max_tokens=7, sampling=GREEDY)) as gen:
         _, second = await gen.collect()
     assert first.token_ids + second.token_ids == whole.token_ids
     assert second.end.pending == whole.end.pending == whole.token_ids[-1]
@@ -81,7 +81,7 @@ async def test_generation_continues_from_its_final_state(engine: Engine) -> None
 async def test_prompt_logprobs_come_back_with_the_generation(engine: Engine) -> None:
     prompt = ids_of(engine, "hello")
     fed = await engine.feed(engine.fresh(), prompt)
-    gen = engine.generate(engine.fresh(), GenerationSettings(max_tokens=0), prompt, with_logprobs=True)
+    gen = await engine.generate(engine.fresh(), GenerationSettings(max_tokens=0), prompt, with_logprobs=True)
     async with gen:
         events, result = await gen.collect()
     assert events == [] and result.finish_reason == "length"
@@ -90,9 +90,9 @@ async def test_prompt_logprobs_come_back_with_the_generation(engine: Engine) -> 
 
 async def test_cancel_frees_the_slot_and_full_engine_refuses(engine: Engine) -> None:
     settings = GenerationSettings(max_tokens=100_000, seed=1)
-    generations = [engine.generate(engine.fresh(), settings) for _ in range(4)]
+    generations = [await engine.generate(engine.fresh(), settings) for _ in range(4)]
     with pytest.raises(EngineBusy, match="max_active_sequences=4"):
-        engine.generate(engine.fresh(), settings)
+        await engine.generate(engine.fresh(), settings)
     async for _ in generations[0]:
         break  # leaving the loop cancels
     for generation in generations[1:]:
@@ -143,10 +143,10 @@ async def test_a_failing_tick_fails_its_jobs_and_the_engine_goes_on(
     with monkeypatch.context() as patch:
         patch.setattr(engine.tokenizer, "piece", broken)
         with pytest.raises(RuntimeError, match="broken tokenizer"):
-            async with engine.generate(engine.fresh(), GenerationSettings(max_tokens=3)) as gen:
+            async with await engine.generate(engine.fresh(), GenerationSettings(max_tokens=3)) as gen:
                 await gen.collect()
     assert engine.alive and engine.active_generations == 0
-    async with engine.generate(engine.fresh(), GenerationSettings(max_tokens=3)) as gen:
+    async with await engine.generate(engine.fresh(), GenerationSettings(max_tokens=3)) as gen:
         events, result = await gen.collect()
     assert len(events) == 3 and result.finish_reason == "length"
 
@@ -162,11 +162,11 @@ async def test_admission_costs_each_job_the_rows_it_holds() -> None:
     engine.start()
     long = GenerationSettings(max_tokens=100_000, seed=1)
     try:
-        three = engine.generate(engine.fresh(), long, n=3)
+        three = await engine.generate(engine.fresh(), long, n=3)
         assert engine.active_generations == 3
         with pytest.raises(EngineBusy, match="needs 4 more"):
-            engine.beam(engine.fresh(), BeamSettings(beam_width=3, max_tokens=100_000))
-        beam = engine.beam(engine.fresh(), BeamSettings(beam_width=2, max_tokens=100_000))
+            await engine.beam(engine.fresh(), BeamSettings(beam_width=3, max_tokens=100_000))
+        beam = await engine.beam(engine.fresh(), BeamSettings(beam_width=2, max_tokens=100_000))
         assert engine.active_generations == 6
         with pytest.raises(EngineBusy, match="max_active_sequences=6"):
             await engine.next_token(engine.fresh())
@@ -185,12 +185,12 @@ async def test_a_job_wider_than_the_engine_runs_alone() -> None:
     engine = tiny_engine(max_active_sequences=4)
     engine.start()
     try:
-        holder = engine.generate(engine.fresh(), GenerationSettings(max_tokens=100_000, seed=1))
+        holder = await engine.generate(engine.fresh(), GenerationSettings(max_tokens=100_000, seed=1))
         with pytest.raises(EngineBusy, match="needs 4 more"):
-            engine.beam(engine.fresh(), BeamSettings(beam_width=8, max_tokens=3))
+            await engine.beam(engine.fresh(), BeamSettings(beam_width=8, max_tokens=3))
         holder.cancel()
         await wait_until(lambda: engine.idle, "the engine to get there", timeout=2)
-        found = await engine.beam(engine.fresh(), BeamSettings(beam_width=8, max_tokens=3)).hypotheses()
+        found = await (await engine.beam(engine.fresh(), BeamSettings(beam_width=8, max_tokens=3))).hypotheses()
         assert found and all(len(h.ids) == 3 for h in found)
     finally:
         engine.close()
@@ -200,11 +200,11 @@ async def test_unk_is_never_sampled_unless_allowed(engine: Engine) -> None:
     unk = engine.tokenizer.unk_id
     pushed = SamplingParams(logit_bias=((unk, 8.0),))  # the model would pick <unk> almost every time
     banned = GenerationSettings(max_tokens=200, sampling=pushed, seed=3)
-    async with engine.generate(engine.fresh(), banned, n=3) as gen:
+    async with await engine.generate(engine.fresh(), banned, n=3) as gen:
         events = [event async for event in gen]
     assert len(events) == 600 and unk not in {event.token_id for event in events}
     allowed = GenerationSettings(max_tokens=50, sampling=replace(pushed, allow_unk=True), seed=3)
-    async with engine.generate(engine.fresh(), allowed) as gen:
+    async with await engine.generate(engine.fresh(), allowed) as gen:
         events, _ = await gen.collect()
     assert sum(event.token_id == unk for event in events) > 25
 
@@ -213,7 +213,9 @@ async def test_a_beam_never_chooses_unk_unless_allowed(engine: Engine) -> None:
     unk = engine.tokenizer.unk_id
     with torch.no_grad():
         engine.model.decoder.bias[unk] += 20.0  # <unk> is by far the likeliest next token
-    found = await engine.beam(engine.fresh(), BeamSettings(beam_width=3, max_tokens=5)).hypotheses()
+    found = await (await engine.beam(engine.fresh(), BeamSettings(beam_width=3, max_tokens=5))).hypotheses()
     assert found and all(unk not in h.ids for h in found)
-    allowed = await engine.beam(engine.fresh(), BeamSettings(beam_width=3, max_tokens=5, allow_unk=True)).hypotheses()
+    allowed = await (
+        await engine.beam(engine.fresh(), BeamSettings(beam_width=3, max_tokens=5, allow_unk=True))
+    ).hypotheses()
     assert allowed[0].ids == [unk] * 5

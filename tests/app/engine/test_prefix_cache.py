@@ -76,9 +76,9 @@ async def test_next_token_and_seeded_generations_are_the_same_with_the_cache(
         a = await off.next_token(off.fresh(), ids)
         b = await on.next_token(on.fresh(), ids)
         assert torch.allclose(a.logprobs, b.logprobs, atol=TOLERANCE)
-        async with off.generate(off.fresh(), settings, ids, with_logprobs=True) as gen:
+        async with await off.generate(off.fresh(), settings, ids, with_logprobs=True) as gen:
             events_off, result_off = await gen.collect()
-        async with on.generate(on.fresh(), settings, ids, with_logprobs=True) as gen:
+        async with await on.generate(on.fresh(), settings, ids, with_logprobs=True) as gen:
             events_on, result_on = await gen.collect()
         assert [e.token_id for e in events_on] == [e.token_id for e in events_off]
         assert result_on.fed_logprobs == pytest.approx(result_off.fed_logprobs, abs=TOLERANCE)

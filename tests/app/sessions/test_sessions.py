@@ -16,9 +16,10 @@ from tests.helpers import SESSION_CHAR_TEXT, ClientFactory, call, create, cut, f
 WORD_TEXT = "the cat sat on the mat\nthe dog sat on a zebra log\na cat and a dog"
 
 
-@pytest.fixture
-async def client(make_client: ClientFactory) -> AsyncIterator[httpx.AsyncClient]:
-    async with make_client(default_model="char", max_text_chars=500) as client:
+@pytest.fixture(params=["float32", "bfloat16"])
+async def client(make_client: ClientFactory, request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
+    """Every session invariant in both precisions (RNNLM_DTYPE): pieces vs whole, fork, races..."""
+    async with make_client(default_model="char", max_text_chars=500, dtype=request.param) as client:
         yield client
 
 

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from app.main import create_app
 from app.settings import Settings
-from tests.helpers import parse_sse
+from tests.helpers import parse_sse, served_over_http
 
 
 async def test_health_ready_info(client: httpx.AsyncClient) -> None:
@@ -82,15 +81,8 @@ async def test_metrics_for_scaling_the_queue_and_token_latencies(client: httpx.A
 async def live_url(models_dir: Path, redis_url: str) -> AsyncIterator[str]:
     """The app behind a real uvicorn on a free loopback port, in this event loop."""
     app = create_app(Settings(models_dir=models_dir, redis_url=redis_url, torch_threads=1, max_tokens_limit=100_000))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not task.done(), "uvicorn did not start"
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await task
+    async with served_over_http(app) as url:
+        yield url
 
 
 async def test_a_client_that_disconnects_stops_its_generation(live_url: str) -> None:
