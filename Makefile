@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SERVE_STAMP := $(VENV)/.installed-serve
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: install install-test test lint serve clean
+.PHONY: install install-test test lint serve image clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ test: lint
 
 serve: $(SERVE_STAMP)
 	$(BIN)/python -m app.quickstart
+
+# The CPU images with podman, on a machine with no image registry: a local Debian base
+# (debootstrap, made once), then the CPU base, api, trainer, redis and nginx images
+# (docs/operations.md, "Images"). Unchanged layers are reused.
+image:
+	docker/build-local.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache

@@ -17,7 +17,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class Metrics:
-    """Requests, latencies, tokens generated, active sequences and batch sizes."""
+    """Requests, latencies, tokens generated, active sequences, batch sizes, the queue and token latencies."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -45,6 +45,39 @@ class Metrics:
             "rows in each batched decoding step",
             ["model"],
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=self.registry,
+        )
+
+        # What a balancer and an autoscaler watch (vLLM's names, in this namespace).
+        self.requests_waiting = Gauge(
+            "rnnlm_requests_waiting",
+            "jobs admitted whose prompt or text is still to be fed (the feed queue)",
+            ["model"],
+            registry=self.registry,
+        )
+        self.requests_running = Gauge(
+            "rnnlm_requests_running", "jobs holding decode rows (generating)", ["model"], registry=self.registry
+        )
+        latency_buckets = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+        self.queue_time = Histogram(
+            "rnnlm_request_queue_seconds",
+            "admission to the end of the job's feed (prompt, text)",
+            ["model"],
+            buckets=latency_buckets,
+            registry=self.registry,
+        )
+        self.time_to_first_token = Histogram(
+            "rnnlm_time_to_first_token_seconds",
+            "admission to a sampled choice's first token",
+            ["model"],
+            buckets=latency_buckets,
+            registry=self.registry,
+        )
+        self.inter_token_latency = Histogram(
+            "rnnlm_inter_token_latency_seconds",
+            "between two tokens of one sampled choice",
+            ["model"],
+            buckets=latency_buckets,
             registry=self.registry,
         )
 
@@ -81,6 +114,16 @@ class Metrics:
 
         return record
 
+    def queue(self, model_id: str) -> Callable[[int, int], None]:
+        """The engine's report after each tick: jobs waiting to be fed, jobs decoding."""
+        waiting, running = self.requests_waiting.labels(model_id), self.requests_running.labels(model_id)
+
+        def record(waiting_jobs: int, running_jobs: int) -> None:
+            waiting.set(waiting_jobs)
+            running.set(running_jobs)
+
+        return record
+
     def forget_model(self, model_id: str) -> None:
         """Drop an unloaded model's series, so /metrics lists only what is served."""
         for metric in (
@@ -91,6 +134,11 @@ class Metrics:
             self.prefix_cache_misses,
             self.prefix_cache_tokens_saved,
             self.prefix_cache_bytes,
+            self.requests_waiting,
+            self.requests_running,
+            self.queue_time,
+            self.time_to_first_token,
+            self.inter_token_latency,
         ):
             with contextlib.suppress(KeyError):  # never labelled
                 metric.remove(model_id)

@@ -47,6 +47,11 @@ class Engine:
         return self.scheduler.alive
 
     @property
+    def refusing(self) -> bool:
+        """Whether new work would be refused now (EngineBusy): /ready reports it."""
+        return self.scheduler.refusing
+
+    @property
     def active_generations(self) -> int:
         """Decode rows held by admitted jobs."""
         return self.scheduler.active_rows

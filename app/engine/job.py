@@ -76,6 +76,7 @@ class Job:
         self.top_logprobs = top_logprobs  # alternatives wanted at each fed position
         self.priority = priority  # vLLM's: lower is fed first (ties: first come, first fed)
         self.fed = 0
+        self.admitted_at = 0.0  # time.perf_counter() at admission (the latency histograms start there)
         self.fed_logprobs: list[float] = []
         self.fed_top: list[Top] = []
         self.cancelled = False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Protocol
@@ -84,6 +85,7 @@ class SampledRow(Row):
         self.choice = choice
         self.seed = seed
         self.generated: list[int] = []
+        self.last_token_at: float | None = None  # perf_counter() of its last token (the latency histograms)
         self.output = TextOutput(
             worker.tokenizer,
             settings.stop,
@@ -220,6 +222,12 @@ class SampledRow(Row):
         A constrained row's end token adds no text; `end` is how its constraint ends it here.
         """
         self.generated.append(token_id)
+        now = time.perf_counter()
+        if self.last_token_at is None:
+            worker.hooks.on_first_token(now - self.generate_job.admitted_at)
+        else:
+            worker.hooks.on_inter_token(now - self.last_token_at)
+        self.last_token_at = now
         if self.constraint is not None and token_id == self.constraint.end_id:
             released = self.output.end(token_id, "stop")
         else:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -79,6 +80,11 @@ class Scheduler:
     def alive(self) -> bool:
         return self._thread.is_alive() and not self._closing
 
+    @property
+    def refusing(self) -> bool:
+        """Whether a job would be refused now: every decode row is held, or the feed queue is full."""
+        return self.active_rows >= self.limits.max_active_sequences or self.queued >= self.limits.max_queued_requests
+
     def admit(self, job: Job) -> None:
         """The one admission: count the job in, or refuse it (EngineBusy) before any response starts.
 
@@ -105,6 +111,7 @@ class Scheduler:
                 self.hooks.on_active(self.active_rows)
             else:
                 self.queued += 1
+            job.admitted_at = time.perf_counter()
             self._inbox.append(job)
             self._lock.notify()
 
@@ -160,10 +167,17 @@ class Scheduler:
                     self._feeding.clear()
                     self._fail(list(jobs), exc)
                 finally:
+                    self._report_queue()
                     self._send()
         for job in {*self._inbox, *self._feeding, *(row.job for row in self.pool.rows)}:
             self.deliver(job, EngineClosed("the engine is shutting down"))
         self._send()
+
+    def _report_queue(self) -> None:
+        """The gauges after a tick: jobs admitted and not yet fed (or being fed), jobs decoding."""
+        with self._lock:
+            waiting = len(self._inbox) + len(self._feeding)
+        self.hooks.on_queue(waiting, len({row.job for row in self.pool.rows}))
 
     def _send(self) -> None:
         outbox, self._outbox = self._outbox, {}
@@ -257,6 +271,7 @@ class Scheduler:
             if job.fed < len(job.ids):
                 continue
             self._feeding.remove(job)
+            self.hooks.on_queue_time(time.perf_counter() - job.admitted_at)
             job.start(self)
 
     def _cache_cuts(self, job: Job, length: int) -> list[int]:

@@ -127,3 +127,7 @@ class Hooks:
     on_tokens: Callable[[int], None] = lambda count: None  # tokens generated
     on_prefix_lookup: Callable[[int], None] = lambda saved: None  # prompt tokens a cache lookup saved (0: miss)
     on_prefix_bytes: Callable[[int], None] = lambda held: None  # bytes the prefix cache holds
+    on_queue: Callable[[int, int], None] = lambda waiting, running: None  # jobs in the feed queue, jobs decoding
+    on_queue_time: Callable[[float], None] = lambda seconds: None  # admission to the end of the job's feed
+    on_first_token: Callable[[float], None] = lambda seconds: None  # admission to a choice's first token
+    on_inter_token: Callable[[float], None] = lambda seconds: None  # between two tokens of one choice

@@ -117,6 +117,11 @@ class ModelRegistry:
     def ready(self) -> bool:
         return bool(self.models) and all(served.engine.alive for served in self.models.values())
 
+    @property
+    def accepting(self) -> bool:
+        """No loaded model's engine refuses work now (a full one answers 429 until rows free up)."""
+        return not any(served.engine.refusing for served in self.models.values())
+
     def _changed(self) -> None:
         if not self.settings.default_model and self.default_id not in self.models:
             self.default_id = min(self.models, default=None)
@@ -202,6 +207,10 @@ def load_model(
         on_tokens=metrics.tokens_generated.labels(model_id).inc,
         on_prefix_lookup=metrics.prefix_lookup(model_id),
         on_prefix_bytes=metrics.prefix_cache_bytes.labels(model_id).set,
+        on_queue=metrics.queue(model_id),
+        on_queue_time=metrics.queue_time.labels(model_id).observe,
+        on_first_token=metrics.time_to_first_token.labels(model_id).observe,
+        on_inter_token=metrics.inter_token_latency.labels(model_id).observe,
     )
     engine = Engine(checkpoint, settings, hooks)
     return ServedModel(id=model_id, checkpoint=checkpoint, engine=engine, sha256=weights_sha256(directory))

@@ -46,11 +46,16 @@ def health() -> dict[str, str]:
 
 @router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
-    """Readiness: every model loaded and its engine running, and the session store answering."""
+    """Readiness: every model loaded and its engine running and taking work, and the session store answering.
+
+    While an engine is full (every decode row held, or the feed queue full) it says 503,
+    so that a balancer sends the next requests to another replica instead of a 429.
+    """
     models: ModelRegistry | None = request.app.state.models
     sessions: SessionService | None = request.app.state.sessions
     checks = {
         "models": models is not None and models.ready,
+        "accepting": models is not None and models.accepting,
         "redis": sessions is not None and await sessions.reachable(),
     }
     status = 200 if all(checks.values()) else 503

@@ -71,11 +71,16 @@ async def test_too_many_generating_sequences_is_429(make_client: ClientFactory) 
             if 'rnnlm_active_sequences{model="char"} 1.0' in (await client.get("/metrics")).text:
                 break
             await asyncio.sleep(0.01)
+        # While the engine refuses work, /ready says so (a balancer stops sending here).
+        ready = await client.get("/ready")
+        assert ready.status_code == 503 and ready.json()["checks"]["accepting"] is False
         busy = await client.post("/v1/generate", json={"max_tokens": 1})
         assert_error(busy, 429, "max_active_sequences=1")
         assert_error(await client.post("/v1/generate", json={"max_tokens": 1, "stream": True}), 429, "max_active")
         assert (await long).status_code == 200
         assert (await client.post("/v1/generate", json={"max_tokens": 1})).status_code == 200
+        ready = await client.get("/ready")
+        assert ready.status_code == 200 and ready.json()["checks"]["accepting"] is True
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,8 @@ async def test_redis_outage_and_recovery(make_client: ClientFactory, tmp_path: P
             for path, body in [("/v1/generate", {"prompt": "hi", "max_tokens": 3}), ("/v1/score", {"texts": ["hi"]})]:
                 assert (await client.post(path, json=body)).status_code == 200
             ready = await client.get("/ready")
-            assert ready.status_code == 503 and ready.json()["checks"] == {"models": True, "redis": False}
+            checks = {"models": True, "accepting": True, "redis": False}
+            assert ready.status_code == 503 and ready.json()["checks"] == checks
 
             # The same server comes back (same port, same AOF); the service is not restarted.
             server.start() if failure == "killed" else server.resume()

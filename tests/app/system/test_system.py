@@ -59,6 +59,24 @@ async def test_metrics_count_requests_tokens_and_batches(client: httpx.AsyncClie
     assert 'rnnlm_active_sequences{model="char"} 0.0' in text
 
 
+async def test_metrics_for_scaling_the_queue_and_token_latencies(client: httpx.AsyncClient) -> None:
+    """rnnlm_requests_waiting/running (what an autoscaler reads) and the latency histograms."""
+    for body in ({"prompt": "the quick", "max_tokens": 5}, {"prompt": "hello", "max_tokens": 3, "n": 2, "echo": False}):
+        assert (await client.post("/v1/completions", json={**body, "model": "char", "seed": 1})).status_code == 200
+    assert (await client.post("/v1/score", json={"texts": ["hello world"]})).status_code == 200
+    text = (await client.get("/metrics")).text
+    # Every answer is back, so nothing waits or runs (reported after the engine's last tick).
+    assert 'rnnlm_requests_waiting{model="char"} 0.0' in text
+    assert 'rnnlm_requests_running{model="char"} 0.0' in text
+    # Three jobs were fed; three choices began (one, then the two of n=2); 4 + 2 x 2 tokens followed a first one.
+    assert 'rnnlm_request_queue_seconds_count{model="char"} 3.0' in text
+    assert 'rnnlm_time_to_first_token_seconds_count{model="char"} 3.0' in text
+    assert 'rnnlm_inter_token_latency_seconds_count{model="char"} 8.0' in text
+    for name in ("request_queue", "time_to_first_token", "inter_token_latency"):
+        match = re.search(rf'rnnlm_{name}_seconds_sum\{{model="char"\}} ([0-9.e+-]+)', text)
+        assert match is not None and float(match.group(1)) > 0
+
+
 @pytest.fixture
 async def live_url(models_dir: Path, redis_url: str) -> AsyncIterator[str]:
     """The app behind a real uvicorn on a free loopback port, in this event loop."""
