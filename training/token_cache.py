@@ -163,6 +163,7 @@ def read_marker(bin_path: Path, dtype: type[np.unsignedinteger]) -> SplitStats |
 def write_split(bin_path: Path, tokenizer: Tokenizer, chunks: Iterable[str], total: int, progress: bool) -> SplitStats:
     """Encode to a temporary file, rename it into place, then write the marker."""
     fd, tmp = tempfile.mkstemp(dir=bin_path.parent, prefix=f".{bin_path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o644)  # mkstemp makes it private; the token files are as readable as the corpus cache
     try:
         with os.fdopen(fd, "wb") as f:
             stats = encode_split(tokenizer, chunks, f, total, f"encode {bin_path.stem}", progress)
