@@ -63,11 +63,12 @@ def child(argv: list[str], report: Path) -> None:
 
     def timed(name: str, function: Any) -> Any:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             try:
                 return function(*args, **kwargs)
             finally:
                 timings[name] = timings.get(name, 0.0) + time.perf_counter() - started
+                timings[f"{name}_cpu"] = timings.get(f"{name}_cpu", 0.0) + time.process_time() - cpu
 
         return wrapper
 
@@ -141,8 +142,9 @@ def main() -> None:
         build_corpus(work / f"corpus-{size}mb.txt", size, Path(args.data_dir))
     print(f"# {os.cpu_count()} CPUs, {args.threads} torch threads; load average at start {os.getloadavg()}")
     print(
-        "| corpus | level | first run: vocabulary (s) | first run: vocabulary + encode, all splits (s) | MB/s "
-        "| peak RSS, first run | second run: time to first step | peak RSS, second run | load average after |"
+        "| corpus | level | first run: vocabulary (s) | first run: vocabulary + encode, all splits (s; CPU s) "
+        "| MB/s (per CPU-s) | peak RSS, first run | second run: time to first step (of it, opening the data) "
+        "| peak RSS, second run | load average after |"
     )
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for size in sizes:
@@ -157,9 +159,11 @@ def main() -> None:
             prepare = first["prepare_s"]
             vocabulary = first.get("vocabulary_s", 0.0)
             load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+            cpu = first["prepare_s_cpu"]
             print(
-                f"| {megabytes:,.0f} MB | {level} | {vocabulary:.1f} | {prepare:.1f} | {megabytes / prepare:.1f} | "
-                f"{first['peak_rss_mb']:,.0f} MB | {second['first_step_s']:.1f} s | {second['peak_rss_mb']:,.0f} MB "
+                f"| {megabytes:,.0f} MB | {level} | {vocabulary:.1f} | {prepare:.1f}; {cpu:.1f} "
+                f"| {megabytes / prepare:.1f} ({megabytes / cpu:.1f}) | {first['peak_rss_mb']:,.0f} MB "
+                f"| {second['first_step_s']:.1f} s ({second['prepare_s']:.2f} s) | {second['peak_rss_mb']:,.0f} MB "
                 f"| {load} |",
                 flush=True,
             )
