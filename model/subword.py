@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import codecs
 import json
+import unicodedata
 from collections.abc import Iterable
 from functools import cache
+from itertools import chain
 from typing import Any
 
+import regex
 from tokenizers import Tokenizer as Backend
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
@@ -27,6 +30,12 @@ from model.tokenizer import TOKENIZER_FORMAT_VERSION, Encoding, Tokenizer, Token
 
 LINE_END = "\n"
 MIN_VOCAB = 257  # the 256 bytes and at least one merge
+PIECE_CACHE_SIZE = 1 << 20  # distinct pre-tokens remembered by encode_ids before it starts afresh
+
+# The pipeline's pre-tokenization in Python, for `encode_ids`: GPT-2's pattern (what
+# ByteLevel(use_regex=True) applies) with the line end cut out first, as the Split does
+# ("\n" is a match of its own and no whitespace run takes it).
+_PIECES = regex.compile(r"""\n|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|[^\S\n]+(?!\S)|[^\S\n]+""")
 
 
 @cache
@@ -54,6 +63,17 @@ def _whole_characters(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+def _known_to_python(text: str) -> bool:
+    """Whether Python's Unicode tables know every character of `text` (NFC and \\p{L} agree with the library's)."""
+    return text.isascii() or not any(unicodedata.category(c) == "Cn" for c in set(text))
+
+
+@cache
+def _byte_spelling() -> dict[int, str]:
+    """str.translate table: a byte (as a latin-1 character) -> its byte-level BPE symbol."""
+    return {byte: symbol for symbol, byte in byte_symbols().items()}
 
 
 def new_backend() -> Backend:
@@ -91,6 +111,7 @@ class SubwordTokenizer(Tokenizer):
         self._partial_ids = frozenset(i for i, b in enumerate(self.token_bytes) if not _whole_characters(b))
         self.unk_id = None
         self.line_end_id = vocabulary[next(s for s, b in symbols.items() if b == ord(LINE_END))]
+        self._pieces: dict[str, tuple[int, ...]] = {}  # encode_ids' cache: pre-token -> its ids
         if self.backend.encode(LINE_END).ids != [self.line_end_id]:
             raise TokenizerError("subword tokenizer does not encode a line end as its single byte token")
 
@@ -143,6 +164,29 @@ class SubwordTokenizer(Tokenizer):
 
     def characters(self, ids: list[int]) -> int | None:
         return len(self.decode(ids))  # the text the bytes spell
+
+    def encode_ids(self, text: str) -> list[int]:
+        """The ids `encode` gives, several times faster on a corpus: each distinct pre-token is merged once.
+
+        BPE merges within a pre-token only, so a pre-token's ids never depend on its
+        neighbours. The pre-tokens are cut here by the pipeline's own pattern (checked to
+        cut alike on every code point Python's tables know); a text with a character they
+        do not know (newer than its Unicode version) is left to the library.
+        """
+        if not _known_to_python(text):
+            return self.encode(text).ids
+        if len(self._pieces) > PIECE_CACHE_SIZE:
+            self._pieces.clear()
+        pieces, model, spelling = self._pieces, self.backend.model, _byte_spelling()
+
+        def merged(piece: str) -> tuple[int, ...]:
+            found = pieces.get(piece)
+            if found is None:
+                symbols = piece.encode("utf-8").decode("latin-1").translate(spelling)
+                found = pieces[piece] = tuple(token.id for token in model.tokenize(symbols))
+            return found
+
+        return list(chain.from_iterable(map(merged, _PIECES.findall(unicodedata.normalize("NFC", text)))))
 
     def piece(self, token_id: int, previous_id: int | None) -> str:
         """The token's text; a token that holds part of a character shows those bytes as <0xAB>."""

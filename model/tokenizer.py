@@ -174,7 +174,11 @@ class CharTokenizer(VocabularyTokenizer):
 
     @classmethod
     def build(cls, text: str, max_size: int | None = None, min_freq: int = 1) -> CharTokenizer:
-        counts = Counter(normalize(text))
+        return cls.from_counts(Counter(normalize(text)), max_size, min_freq)
+
+    @classmethod
+    def from_counts(cls, counts: Counter[str], max_size: int | None = None, min_freq: int = 1) -> CharTokenizer:
+        """The vocabulary of character counts (of NFC text), counted by the caller, e.g. chunk by chunk."""
         return cls([UNK, *_select_vocabulary(counts, max_size, min_freq, reserved=1)])
 
     @property
@@ -227,7 +231,20 @@ class WordTokenizer(VocabularyTokenizer):
         pretokenizer: Pretokenizer = "whitespace",
     ) -> WordTokenizer:
         probe = cls([UNK, EOS], lowercase=lowercase, pretokenizer=pretokenizer)
-        counts = Counter(token for token in probe.split(text) if token not in (UNK, EOS))
+        counts = Counter(probe.split(text))
+        return cls.from_counts(counts, max_size, min_freq, lowercase, pretokenizer)
+
+    @classmethod
+    def from_counts(
+        cls,
+        counts: Counter[str],
+        max_size: int | None = None,
+        min_freq: int = 1,
+        lowercase: bool = False,
+        pretokenizer: Pretokenizer = "whitespace",
+    ) -> WordTokenizer:
+        """The vocabulary of word counts (of `split` output), counted by the caller, e.g. chunk by chunk."""
+        counts = Counter({token: n for token, n in counts.items() if token not in (UNK, EOS)})
         vocabulary = [UNK, EOS, *_select_vocabulary(counts, max_size, min_freq, reserved=2)]
         return cls(vocabulary, lowercase, pretokenizer)
 

@@ -53,9 +53,17 @@ class TrainConfig:
     eval_lines: int = _help(
         "score only the first N lines of valid and test (0 = all): comparisons within a short budget", 0
     )
+    bpe_sample_mb: float = _help(
+        "the subword level learns its merges from the whole train split up to this many MB, else from an evenly "
+        "spread sample of this size (0 = always the whole split)",
+        16.0,
+    )
     direction: Literal["forward", "backward"] = _help("backward trains on the reversed token stream", "forward")
     data_dir: str = _help("local copy of the registry corpora, looked up first (RNNLM_DATA_DIR)", "")
-    cache_dir: str = _help("where registry corpora are downloaded on first use", ".data-cache")
+    cache_dir: str = _help(
+        "where registry corpora are downloaded on first use, and every corpus's token files are kept (tokens/)",
+        ".data-cache",
+    )
     # model
     cell: Literal["rnn_tanh", "lstm", "gru"] = _help("recurrent cell", "lstm")
     embedding_size: int = _help("embedding width", 200)
@@ -141,6 +149,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 0")
         if self.lr <= 0:
             raise ConfigError("lr must be > 0")
+        if self.bpe_sample_mb < 0:
+            raise ConfigError("bpe_sample_mb must be >= 0")
         if self.max_minutes < 0 or self.clip < 0 or self.min_lr < 0 or self.weight_decay < 0:
             raise ConfigError("max_minutes, clip, min_lr and weight_decay must be >= 0")
         if self.schedule == "plateau" and self.lr_decay <= 1.0:

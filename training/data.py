@@ -3,6 +3,11 @@
 A registry file is looked up first in a local copy (`data_dir`, same layout as
 ../shared/data: `<dataset>/<file>`), then in the download cache, and downloaded into
 the cache on first use. Every registry file is checked against its sha256.
+
+A corpus is read as a `CorpusSource`: each split's text in chunks of whole lines.
+The registry corpora are small and held as text (`Corpus`); a user's file or
+directory is streamed from disk (`FileCorpus`, training/file_corpus.py), so that
+nothing holds a whole corpus of any size.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ import io
 import os
 import tempfile
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from training.config import parse_split
 
@@ -104,6 +111,31 @@ REGISTRY: dict[str, Dataset] = {
 }
 
 
+SPLITS = ("train", "valid", "test")
+CHUNK_CHARS = 1 << 22  # about 4 MB of text per chunk: big enough for fast encoding, small beside any corpus
+
+
+class CorpusSource(Protocol):
+    """A corpus as the trainer reads it: where it came from, and each split's text in chunks."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def sha256(self) -> dict[str, str]: ...  # file name -> sha256 of its bytes
+    @property
+    def split_rule(self) -> str: ...
+    @property
+    def origin(self) -> str: ...  # the registry name, or "files": part of the token cache's key
+
+    def chunks(self, split: str) -> Iterator[str]:
+        """The split's text in order, cut only after a line end ("\n")."""
+        ...
+
+    def split_bytes(self, split: str) -> int:
+        """The split's size in UTF-8 bytes (for progress and sampling)."""
+        ...
+
+
 @dataclass(frozen=True)
 class Corpus:
     """The three splits as text, and where they came from."""
@@ -114,6 +146,29 @@ class Corpus:
     test: str
     sha256: dict[str, str]  # file name -> sha256 of the bytes read
     split_rule: str
+
+    @property
+    def origin(self) -> str:
+        return self.name if self.name in REGISTRY else "text"
+
+    def text(self, split: str) -> str:
+        return {"train": self.train, "valid": self.valid, "test": self.test}[split]
+
+    def chunks(self, split: str) -> Iterator[str]:
+        return text_chunks(self.text(split))
+
+    def split_bytes(self, split: str) -> int:
+        return len(self.text(split).encode("utf-8"))
+
+
+def text_chunks(text: str) -> Iterator[str]:
+    """`text` in pieces of about CHUNK_CHARS characters, each cut just after a "\n" (or at the end)."""
+    size, start = CHUNK_CHARS, 0
+    while start < len(text):
+        end = text.find("\n", min(start + size, len(text)) - 1)
+        end = len(text) if end < 0 else end + 1
+        yield text[start:end]
+        start = end
 
 
 def sha256_of(path: Path) -> str:
@@ -245,10 +300,19 @@ def load_path_corpus(path: Path, rule: str) -> Corpus:
 
 
 def load_corpus(data: str, data_dir: str = "", cache_dir: str = ".data-cache", split: str = "90/5/5") -> Corpus:
-    """A registry dataset by name, or a local text file/directory by path."""
+    """A registry dataset by name, or a local text file/directory by path, read whole into memory."""
     if data in REGISTRY:
         return load_registry_corpus(data, data_dir, cache_dir)
     return load_path_corpus(Path(data).expanduser(), split)
+
+
+def open_corpus(data: str, data_dir: str = "", cache_dir: str = ".data-cache", split: str = "90/5/5") -> CorpusSource:
+    """Like `load_corpus`, but a user's file or directory is streamed from disk, never read whole."""
+    if data in REGISTRY:
+        return load_registry_corpus(data, data_dir, cache_dir)
+    from training.file_corpus import FileCorpus  # it builds on this module
+
+    return FileCorpus.open(Path(data).expanduser(), split, Path(cache_dir).expanduser())
 
 
 def first_lines(text: str, count: int) -> str:

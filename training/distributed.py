@@ -78,3 +78,9 @@ def gather_bytes(tensor: Tensor, context: DistributedContext) -> list[Tensor]:
     parts: list[Tensor] = [torch.empty_like(tensor) for _ in range(context.world_size)]
     dist.all_gather_object(parts, tensor)
     return parts
+
+
+def barrier(context: DistributedContext) -> None:
+    """Wait for every rank (rank 0 writes the token files the others then open)."""
+    if context.enabled:
+        dist.barrier()

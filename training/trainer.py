@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -19,15 +20,15 @@ from tqdm import tqdm
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.network import RNNLM, State, detach_state, select_state, state_from_tensors, state_tensors
 from model.precision import bf16_supported
-from model.subword import SubwordTokenizer
-from model.tokenizer import CharTokenizer, Tokenizer, WordTokenizer, normalize
+from model.tokenizer import Tokenizer
 from model.tokenizers import tokenizer_from_dict
 from training import distributed as dist_util
-from training.batching import batchify, encode_stream, num_windows, shard_streams, windows
+from training.batching import batchify, num_windows, shard_streams, windows
 from training.config import TrainConfig
-from training.data import Corpus, first_lines, load_corpus
+from training.data import Corpus, CorpusSource, open_corpus
 from training.distributed import DistributedContext
-from training.metrics import MetricsLog, SplitStats, plot_curves, quality
+from training.encoding import build_tokenizer_from
+from training.metrics import MetricsLog, plot_curves, quality
 from training.resume import (
     Progress,
     ResumeError,
@@ -38,6 +39,7 @@ from training.resume import (
 )
 from training.resume import save_resume_state as write_resume_state
 from training.schedule import LRSchedule
+from training.token_cache import encoded_corpus
 
 
 class TrainingError(RuntimeError):
@@ -55,18 +57,7 @@ class RunResult:
 
 def build_tokenizer(config: TrainConfig, train_text: str) -> Tokenizer:
     """Vocabulary from the train split only (PTB train gives 10,000 words with <eos>)."""
-    max_size = config.max_vocab or None
-    if config.level == "char":
-        return CharTokenizer.build(train_text, max_size=max_size, min_freq=config.min_freq)
-    if config.level == "subword":
-        return SubwordTokenizer.train(train_text.splitlines(keepends=True), vocab_size=config.max_vocab)
-    return WordTokenizer.build(
-        train_text,
-        max_size=max_size,
-        min_freq=config.min_freq,
-        lowercase=config.lowercase,
-        pretokenizer=config.pretokenizer,
-    )
+    return build_tokenizer_from(config, Corpus("text", train_text, "", "", {}, ""))
 
 
 def make_optimizer(config: TrainConfig, model: RNNLM) -> torch.optim.Optimizer:
@@ -115,30 +106,24 @@ class Trainer:
         dist_util.init_process_group(self.context, self.device)
 
         resumed = load_resume_state(resume_from) if resume_from is not None else None
-        self.corpus = corpus or load_corpus(config.data, config.data_dir, config.cache_dir, config.split)
-        if resumed is not None:
-            # The vocabulary must be the one the resumed weights were trained with.
-            self.tokenizer = tokenizer_from_dict(resumed.config["tokenizer"])
-        else:
-            self.tokenizer = build_tokenizer(config, self.corpus.train)
-        texts = {
-            "train": self.corpus.train,
-            "valid": first_lines(self.corpus.valid, config.eval_lines),
-            "test": first_lines(self.corpus.test, config.eval_lines),
-        }
-        streams = {split: encode_stream(self.tokenizer, text, config.direction) for split, text in texts.items()}
+        # A corpus handed over as text is encoded in memory; one named by the config is
+        # encoded once into token files under cache_dir, and memory-mapped from then on.
+        self.corpus: CorpusSource = corpus or open_corpus(config.data, config.data_dir, config.cache_dir, config.split)
+        # On resume the vocabulary must be the one the resumed weights were trained with.
+        known = tokenizer_from_dict(resumed.config["tokenizer"]) if resumed is not None else None
+        cache = None if corpus is not None else Path(config.cache_dir).expanduser()
+        self.encoded = encoded_corpus(config, self.corpus, known, cache, self.context)
+        self.tokenizer = self.encoded.tokenizer
         # Characters per token and unknown tokens of each split: every level's bits per character.
-        self.split_stats = {
-            split: SplitStats.of(streams[split], len(normalize(text)), self.tokenizer.unk_id)
-            for split, text in texts.items()
-        }
+        self.split_stats = {split: part.stats for split, part in self.encoded.splits.items()}
         rank, world = self.context.rank, self.context.world_size
         for name, size in (("batch_size", config.batch_size), ("eval_batch_size", config.eval_batch_size)):
             if size % world:
                 raise ValueError(f"{name} {size} is not divisible by the {world} ranks")
-        self.train_data = shard_streams(batchify(streams["train"], config.batch_size), rank, world).to(self.device)
+        stream = self.encoded.stream
+        self.train_data = shard_streams(batchify(stream("train", config.direction), config.batch_size), rank, world)
         self.eval_data = {
-            split: shard_streams(batchify(streams[split], config.eval_batch_size), rank, world).to(self.device)
+            split: shard_streams(batchify(stream(split, config.direction), config.eval_batch_size), rank, world)
             for split in ("valid", "test")
         }
         self.steps_per_epoch = num_windows(self.train_data, config.bptt)
@@ -228,14 +213,14 @@ class Trainer:
         return contextlib.nullcontext()
 
     @torch.no_grad()
-    def evaluate(self, model: RNNLM, data: Tensor) -> float:
+    def evaluate(self, model: RNNLM, data: Tensor | np.ndarray) -> float:
         """Mean loss in nats per token over a whole split (all ranks' streams)."""
         was_training = model.training
         model.eval()
         started = self.clock()
         hidden = model.init_state(data.shape[0])
         total = torch.zeros((), dtype=torch.float64, device=self.device)
-        for _, inputs, targets in windows(data, self.config.bptt):
+        for _, inputs, targets in windows(data, self.config.bptt, device=self.device):
             with self.autocast():
                 logits, hidden = model(inputs, hidden)  # (B, T, V)
             hidden = carry(hidden)
@@ -293,7 +278,7 @@ class Trainer:
         tokens = sum(d.shape[0] * (d.shape[1] - 1) for d in self.eval_data.values())
         # Before the first validation: a forward pass costs about a third of a training step.
         rate = self.eval_seconds_per_token or self.train_seconds_per_token / 3
-        return tokens * rate
+        return float(tokens * rate)
 
     def out_of_budget(self) -> bool:
         """Past the wall-clock budget (less the closing evaluation); also moves the cosine horizon."""
@@ -322,7 +307,7 @@ class Trainer:
             interval_start, interval_cpu = time.perf_counter(), time.process_time()
             interval_tokens = interval_steps = 0
             loss_sum = torch.zeros((), device=self.device)
-            for index, inputs, targets in windows(self.train_data, config.bptt, first=progress.window):
+            for index, inputs, targets in windows(self.train_data, config.bptt, progress.window, self.device):
                 with self.autocast():
                     logits, hidden = self.network(inputs, self.hidden)  # (B, T, V)
                 self.hidden = carry(hidden)  # truncated BPTT: no gradient past the window
@@ -423,6 +408,9 @@ class Trainer:
             "corpus": self.corpus.name,
             "corpus_sha256": self.corpus.sha256,
             "split_rule": self.corpus.split_rule,
+            "token_files": str(self.encoded.directory) if self.encoded.directory is not None else None,
+            # What one evaluation pass scores (eval_lines caps valid and test; it is in "config" too).
+            "eval_tokens": {split: self.split_stats[split].tokens for split in ("valid", "test")},
             "level": config.level,
             "direction": config.direction,
             "steps": progress.step,

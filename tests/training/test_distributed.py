@@ -4,6 +4,8 @@ import os
 import socket
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -23,13 +25,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def worker(rank: int, world_size: int, port: int, tmp: str) -> None:
+def worker(rank: int, world_size: int, port: int, tmp: str, corpus_dir: str = "") -> None:
     # torchrun would set these; the test plays its part.
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size))
     torch.set_num_threads(1)
     try:
-        config = tiny_config(Path(tmp) / "out", **SETTINGS)
-        trainer = Trainer(config, context=DistributedContext(rank, world_size, rank), corpus=tiny_corpus())
+        context = DistributedContext(rank, world_size, rank)
+        if corpus_dir:  # the corpus named by the config: rank 0 encodes its token files, both ranks map them
+            config = tiny_config(Path(tmp) / "out", data=corpus_dir, cache_dir=str(Path(tmp) / "cache"), **SETTINGS)
+            trainer = Trainer(config, context=context)
+            assert isinstance(trainer.train_data, np.memmap)
+            (Path(tmp) / f"rank{rank}.files").write_text(str(trainer.encoded.directory))
+        else:
+            trainer = Trainer(tiny_config(Path(tmp) / "out", **SETTINGS), context=context, corpus=tiny_corpus())
         assert trainer.train_data.shape[0] == 2  # this rank's half of the 4 streams
         trainer.run()
         weights = {k: v.contiguous().clone() for k, v in trainer.model.state_dict().items() if k != "decoder.weight"}
@@ -39,8 +47,18 @@ def worker(rank: int, world_size: int, port: int, tmp: str) -> None:
             dist.destroy_process_group()
 
 
-def test_two_ranks_keep_identical_weights_equal_to_one_process(tmp_path: Path) -> None:
-    mp.spawn(worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("source", ["text", "token files"])
+def test_two_ranks_keep_identical_weights_equal_to_one_process(tmp_path: Path, source: str) -> None:
+    corpus_dir = ""
+    if source == "token files":  # the same splits as tiny_corpus(), as a directory's split files
+        corpus = tiny_corpus()
+        (tmp_path / "corpus").mkdir()
+        for split in ("train", "valid", "test"):
+            (tmp_path / "corpus" / f"{split}.txt").write_text(corpus.text(split))
+        corpus_dir = str(tmp_path / "corpus")
+    mp.spawn(worker, args=(2, free_port(), str(tmp_path), corpus_dir), nprocs=2, join=True)
+    if corpus_dir:  # one set of token files, read by both ranks
+        assert (tmp_path / "rank0.files").read_text() == (tmp_path / "rank1.files").read_text()
     rank0 = load_file(tmp_path / "rank0.safetensors")
     rank1 = load_file(tmp_path / "rank1.safetensors")
     single = Trainer(tiny_config(tmp_path / "single", **SETTINGS), corpus=tiny_corpus())
