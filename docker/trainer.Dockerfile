@@ -38,8 +38,13 @@ RUN pip install --no-deps --no-build-isolation . && rm -rf build *.egg-info
 
 # A user of its own (uid 10001): the mounted models directory must be writable by it
 # (`chown 10001 models`, or `--user` with the owner's uid).
-RUN useradd --system --uid 10001 --home-dir /srv/rnnlm --shell /usr/sbin/nologin rnnlm
+RUN useradd --system --uid 10001 --home-dir /srv/rnnlm --shell /usr/sbin/nologin rnnlm \
+    && mkdir /srv/work && chown 10001 /srv/work
 USER 10001
+# Relative paths land in a directory the user can write: the download and token-file cache
+# (.data-cache/, encoded once per corpus) and runs/RECIPE. Mount a volume here to keep the
+# token files between runs.
+WORKDIR /srv/work
 ENV RNNLM_DATA_DIR=/data \
     MPLCONFIGDIR=/tmp/matplotlib
 

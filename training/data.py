@@ -306,15 +306,6 @@ def load_corpus(data: str, data_dir: str = "", cache_dir: str = ".data-cache", s
     return load_path_corpus(Path(data).expanduser(), split)
 
 
-def open_corpus(data: str, data_dir: str = "", cache_dir: str = ".data-cache", split: str = "90/5/5") -> CorpusSource:
-    """Like `load_corpus`, but a user's file or directory is streamed from disk, never read whole."""
-    if data in REGISTRY:
-        return load_registry_corpus(data, data_dir, cache_dir)
-    from training.file_corpus import FileCorpus  # it builds on this module
-
-    return FileCorpus.open(Path(data).expanduser(), split, Path(cache_dir).expanduser())
-
-
 def first_lines(text: str, count: int) -> str:
     """The first `count` lines of `text` (all of it when count is 0)."""
     if count <= 0:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from model.checkpoint import write_json_atomic
 from training.config import parse_split
-from training.data import SPLIT_FILES, SPLITS, DataError, sha256_of
+from training.data import REGISTRY, SPLIT_FILES, SPLITS, CorpusSource, DataError, load_registry_corpus, sha256_of
 
 BLOCK_BYTES = 1 << 22  # read 4 MB at a time, cut after the block's last line end
 RACY_SECONDS = 2.0  # a remembered hash is trusted only for files this much older than the hash
@@ -228,3 +228,10 @@ def remembered_sha256(path: Path, hash_dir: Path) -> str:
         except OSError:
             pass  # a read-only cache only costs the hash next time
     return digest
+
+
+def open_corpus(data: str, data_dir: str = "", cache_dir: str = ".data-cache", split: str = "90/5/5") -> CorpusSource:
+    """Like `load_corpus`, but a user's file or directory is streamed from disk, never read whole."""
+    if data in REGISTRY:
+        return load_registry_corpus(data, data_dir, cache_dir)
+    return FileCorpus.open(Path(data).expanduser(), split, Path(cache_dir).expanduser())

@@ -25,9 +25,10 @@ from model.tokenizers import tokenizer_from_dict
 from training import distributed as dist_util
 from training.batching import batchify, num_windows, shard_streams, windows
 from training.config import TrainConfig
-from training.data import Corpus, CorpusSource, open_corpus
+from training.data import Corpus, CorpusSource
 from training.distributed import DistributedContext
 from training.encoding import build_tokenizer_from
+from training.file_corpus import open_corpus
 from training.metrics import MetricsLog, plot_curves, quality
 from training.resume import (
     Progress,

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -55,7 +56,7 @@ def test_auto_is_fp32_on_a_device_without_bf16_kernels() -> None:
 def test_a_bf16_run_computes_in_bf16_learns_and_keeps_float32_master_weights(tmp_path: Path, corpus: Corpus) -> None:
     config = tiny_config(tmp_path, precision="bf16", optimizer="adamw", lr=0.01, epochs=4, bptt=16, log_every=4)
     trainer = Trainer(config, corpus=corpus)
-    inputs = trainer.train_data[:, :16]
+    inputs = torch.from_numpy(np.ascontiguousarray(trainer.train_data[:, :16])).long().to(trainer.device)
     with trainer.autocast():
         logits, _ = trainer.model(inputs, trainer.hidden)
     assert logits.dtype == torch.bfloat16  # the matmuls ran in bf16

@@ -19,8 +19,9 @@ from model.tokenizer import CharTokenizer, Tokenizer, WordTokenizer
 from training import data, file_corpus
 from training.batching import batchify, encode_stream, windows
 from training.config import TrainConfig
-from training.data import first_lines, load_corpus, open_corpus
+from training.data import first_lines, load_corpus
 from training.encoding import bpe_sample
+from training.file_corpus import open_corpus
 from training.token_cache import TOKENS_DIR, encoded_corpus
 from training.trainer import Trainer
 
@@ -156,7 +157,7 @@ import os, signal, sys
 from pathlib import Path
 from training import token_cache
 from training.config import TrainConfig
-from training.data import open_corpus
+from training.file_corpus import open_corpus
 
 real = token_cache.encode_chunks
 def dying(tokenizer, chunks):
