@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import math
 import os
 import statistics
 import tempfile
@@ -136,6 +137,7 @@ class QualityRun:
     tokens_seen: int
     figure: float  # validation perplexity (word) or bits per character, in the run's precision
     figure_fp32: float  # the same weights validated in float32
+    diverged: bool  # validation worse than a uniform guess over the vocabulary
 
 
 def quality_run(values: dict[str, object], corpus: Corpus, steps: int, log_every: int) -> QualityRun:
@@ -149,7 +151,8 @@ def quality_run(values: dict[str, object], corpus: Corpus, steps: int, log_every
         loss = trainer.evaluate(trainer.model, trainer.eval_data["valid"])
         figure_fp32 = quality(loss, config.level, trainer.split_stats["valid"])[key]
         speed, cpu_speed = timed_rate(Path(out), config)
-        return QualityRun(speed, cpu_speed, last["tokens_seen"], last[key], figure_fp32)
+        diverged = not last["loss"] < math.log(trainer.tokenizer.vocab_size)
+        return QualityRun(speed, cpu_speed, last["tokens_seen"], last[key], figure_fp32, diverged)
 
 
 def quality_table(args: argparse.Namespace) -> None:
@@ -193,10 +196,12 @@ def quality_table(args: argparse.Namespace) -> None:
                 speedup = bf16["tokens_per_cpu_s"] / fp32["tokens_per_cpu_s"]
                 change = bf16["figure"] / fp32["figure"] - 1
                 keep = speedup > 1 and change <= 0.01
+                shown = f"validation {change:+.2%} -> {'bf16' if keep else 'fp32'}"
+                if any(r.diverged for p in ("fp32", "bf16") for r in runs[p]):
+                    shown = "diverged (worse than uniform): no verdict"
                 verdicts.append(
                     f"{recipe} {cell}: bf16 {speedup:.2f}x per CPU-second "
-                    f"({bf16['tokens_per_s'] / fp32['tokens_per_s']:.2f}x wall), validation {change:+.2%} "
-                    f"-> {'bf16' if keep else 'fp32'}"
+                    f"({bf16['tokens_per_s'] / fp32['tokens_per_s']:.2f}x wall), {shown}"
                 )
     print("\n".join(verdicts))
 

@@ -60,9 +60,9 @@ def test_flags_are_generated_from_the_config_with_help() -> None:
 
 def test_recipe_then_set_then_flags(tmp_path: Path) -> None:
     parser = build_parser()
-    args = parser.parse_args(["word-ptb-small", "--set", "lr=3", "--set", "hidden-size=64", "--hidden-size", "200"])
+    args = parser.parse_args(["word-ptb-small", "--set", "lr=3", "--set", "hidden-size=64", "--hidden-size", "300"])
     config, resume = config_from_args(args, {"RNNLM_DATA_DIR": "/data"})
-    assert (config.lr, config.hidden_size, config.embedding_size, config.data_dir) == (3.0, 200, 200, "/data")
+    assert (config.lr, config.hidden_size, config.embedding_size, config.data_dir) == (3.0, 300, 300, "/data")
     assert resume is None and config.recipe == "word-ptb-small"
     assert config.out == "runs/word-ptb-small"  # each recipe its own directory unless --out says otherwise
     own, _ = config_from_args(parser.parse_args(["word-ptb-small", "--out", str(tmp_path)]), {})
