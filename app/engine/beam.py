@@ -48,7 +48,9 @@ class BeamJob(Job):
             worker.deliver(self, [])
             return
         if self.compiled is not None:
-            self.constraints = [RowConstraint.of(self.compiled, worker.constraints) for _ in range(self.search.rows)]
+            self.constraints = [
+                RowConstraint.of(self.compiled, worker.constraints, own=row == 0) for row in range(self.search.rows)
+            ]
         start = state_tensors(self.state)
         self.rows = [BeamRow(self) for _ in range(self.search.rows)]
         for row in self.rows:

@@ -112,6 +112,7 @@ class CompiledConstraint:
     matcher: LLMatcher
     at_line_start: bool
     options: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    start_mask: Tensor | None = None  # (V,) bool on the CPU: what it allows first, computed with the compile
 
     def fork(self) -> LLMatcher:
         """A matcher of its own for one row."""
@@ -302,7 +303,7 @@ class ConstraintVocabulary:
             raise constraint.error(_first_line(matcher.get_error()))
         if not bool(mask.any()):
             raise constraint.error(cannot_start)
-        return CompiledConstraint(constraint, matcher, at_line_start, options)
+        return CompiledConstraint(constraint, matcher, at_line_start, options, start_mask=mask)
 
     def _spellable_options(
         self, constraint: Constraint, at_line_start: bool

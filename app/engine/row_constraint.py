@@ -42,12 +42,24 @@ class RowConstraint:
         self.allowed: Tensor | None = None
         self.coming: tuple[Future[Tensor], int] | None = None  # its next mask, being computed (row i of the future's)
         self.before: tuple[list[Tensor], int] | None = None  # its row's state before its last token (row i of those)
+        # What it allows first, as the compile computed it off the worker (a large grammar's first mask
+        # can take tens of milliseconds: computed on the worker, it would pause every other row).
+        self.start_mask: Tensor | None = None
 
     @classmethod
     def of(
-        cls, compiled: CompiledConstraint, vocabulary: ConstraintVocabulary, spelling: Sequence[int] | None = None
+        cls,
+        compiled: CompiledConstraint,
+        vocabulary: ConstraintVocabulary,
+        spelling: Sequence[int] | None = None,
+        own: bool = False,
     ) -> RowConstraint:
-        return cls(compiled.fork(), vocabulary.end_id, spelling)
+        """The constraint of one of a job's rows. `own`: the row takes the request's matcher itself (the first
+        row; the compile thread made it), the others a fork of it, made here on the worker (a large grammar's
+        fork takes tens of milliseconds, which every other row would wait)."""
+        row = cls(compiled.matcher if own else compiled.fork(), vocabulary.end_id, spelling)
+        row.start_mask = compiled.start_mask
+        return row
 
     # ---- the matcher's moves ------------------------------------------------------------
 
@@ -117,7 +129,11 @@ class RowConstraint:
         """The next masks of constraints that wait for one (computed now where none is coming: a first step);
         whether each allows any token."""
         first = [constraint for constraint in constraints if constraint.coming is None]
-        cls.compute_now(vocabulary, first, device)
+        for constraint in first:
+            if constraint.start_mask is not None:  # its first step: the compile's mask, copied to the device
+                constraint._take(constraint.start_mask.to(device, copy=True))
+                constraint.start_mask = None
+        cls.compute_now(vocabulary, [c for c in first if c.allowed is None], device)
         for future in dict.fromkeys(c.coming[0] for c in constraints if c.coming is not None):
             allowed = future.result().to(device)  # (R, V)
             for constraint in constraints:

@@ -63,7 +63,7 @@ class GenerateJob(Job):
         for choice in range(self.n):
             row = SampledRow(self, choice, (seed + choice) % 2**64, worker, unk_id)
             if compiled is not None:
-                row.constraint = RowConstraint.of(compiled, worker.constraints, spelling)
+                row.constraint = RowConstraint.of(compiled, worker.constraints, spelling, own=choice == 0)
             self.rows.append(row)
             worker.pool.add(row, start, self.pending, self.settings.history if row.uses_history else None)
 
